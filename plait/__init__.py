@@ -50,6 +50,18 @@ from .kernel import (
     wait_for,
     workflow,
 )
+from .runtime import (
+    Engine,
+    PayloadTooLarge,
+    RunHandle,
+    RunInfo,
+    RunNotFound,
+    StepInfo,
+    Worker,
+    engine,
+    run,
+    step_info,
+)
 
 __version__ = "0.1.0"
 

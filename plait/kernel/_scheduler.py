@@ -122,6 +122,11 @@ class Task:
             self.future.set_exception(Cancelled())
             raise
         except BaseException as error:
+            # Outside an event loop, asyncio.sleep() & co. raise before yielding anything.
+            misuse = describe_loop_error(error)
+            if misuse is not None:
+                self.scheduler.misuse(misuse)
+                raise _Abort() from None
             self.future.set_exception(error)
             return
         if not isinstance(yielded, Future):
@@ -184,14 +189,37 @@ class Scheduler:
     def foreign_await(self, task: Task, yielded: object) -> None:
         self._on_foreign(describe_foreign(task.coro, yielded))
 
+    def misuse(self, message: str) -> None:
+        self._on_foreign(message)
+
+
+# Event-loop libraries: a workflow that calls into them is waiting on something not plait's.
+_LOOP_LIBRARIES = frozenset({"asyncio", "anyio", "sniffio", "trio"})
+
+
+def _frame(obj: object) -> Any:
+    return getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
+
+
+def _loop_library(frame: Any) -> bool:
+    name = frame.f_globals.get("__name__", "") if frame is not None else ""
+    return isinstance(name, str) and name.partition(".")[0] in _LOOP_LIBRARIES
+
 
 def _code_name(obj: object) -> str | None:
     code = getattr(obj, "cr_code", None) or getattr(obj, "gi_code", None)
     if code is None:
         return None
-    frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
+    frame = _frame(obj)
     module = frame.f_globals.get("__name__", "") if frame is not None else ""
     return f"{module}.{code.co_qualname}" if module else str(code.co_qualname)
+
+
+def _misuse(culprit: str, where: str, detail: str = "") -> str:
+    return (
+        f"workflow awaited {culprit}, which is not a plait awaitable{where}{detail}: workflow "
+        "code must be deterministic; use plait.sleep() for delays and steps for I/O"
+    )
 
 
 def describe_foreign(coro: object, yielded: object) -> str:
@@ -202,22 +230,46 @@ def describe_foreign(coro: object, yielded: object) -> str:
         chain.append(obj)
         obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
     coded = [link for link in chain if _code_name(link) is not None]
+    # Name the event-loop library's public call (asyncio.sleep), not its private helper.
+    first = next((i for i, link in enumerate(coded) if i and _loop_library(_frame(link))), None)
+    if first is not None:
+        coded = coded[: first + 1]
     culprit = _code_name(coded[-1]) if len(coded) > 1 else None
-    where = ""
-    if len(coded) > 1:
-        frame = getattr(coded[-2], "cr_frame", None) or getattr(coded[-2], "gi_frame", None)
-        if frame is not None:
-            where = f" (at {frame.f_code.co_filename}:{frame.f_lineno})"
+    # The frame that made the call: the caller of the culprit, or the awaiting frame itself.
+    frame = _frame(coded[-2] if len(coded) > 1 else coded[-1]) if coded else None
+    where = f" (at {frame.f_code.co_filename}:{frame.f_lineno})" if frame is not None else ""
     if culprit is None:
         culprit = (
             "a bare yield"
             if yielded is None
             else f"{type(yielded).__module__}.{type(yielded).__qualname__}"
         )
-    return (
-        f"workflow awaited {culprit}, which is not a plait awaitable{where}: workflow code "
-        "must be deterministic; use plait.sleep() for delays and steps for I/O"
-    )
+    return _misuse(culprit, where)
+
+
+def describe_loop_error(error: BaseException) -> str | None:
+    """Name the event-loop call behind ``error`` when an event-loop library raised it.
+
+    ``asyncio.sleep(1)`` with no running loop raises ``RuntimeError`` instead of yielding a
+    foreign awaitable; it is the same misuse, so it must block the run, not fail it.
+    """
+    if not isinstance(error, RuntimeError):
+        return None
+    frames: list[tuple[Any, int]] = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append((tb.tb_frame, tb.tb_lineno))
+        tb = tb.tb_next
+    if not frames or not _loop_library(frames[-1][0]):
+        return None
+    first = next(i for i, (f, _) in enumerate(frames) if _loop_library(f))
+    frame = frames[first][0]
+    culprit = f"{frame.f_globals.get('__name__')}.{frame.f_code.co_qualname}"
+    where = ""
+    if first > 0:
+        caller, line = frames[first - 1]
+        where = f" (at {caller.f_code.co_filename}:{line})"
+    return _misuse(culprit, where, f" and raised {type(error).__name__}: {error}")
 
 
 def chain(source: Future, on_cancel: Callable[[], None] | None = None) -> Future:

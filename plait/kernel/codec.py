@@ -55,7 +55,15 @@ def _make_payload_converter() -> cattrs.Converter:
     conv.register_structure_hook(uuid.UUID, lambda v, _: uuid.UUID(v))
     conv.register_unstructure_hook(bytes, lambda b: b.hex())
     conv.register_structure_hook(bytes, lambda v, _: bytes.fromhex(v))
+    # ``-> None`` functions: get_type_hints gives NoneType, which cattrs has no hook for.
+    conv.register_structure_hook(type(None), _structure_none)
     return conv
+
+
+def _structure_none(value: Any, _: Any) -> None:
+    if value is not None:
+        raise ValueError(f"expected None, got {value!r}")
+    return None
 
 
 payload_converter: cattrs.Converter = _make_payload_converter()

@@ -526,11 +526,12 @@ class Machine:
         if buffered:
             self._settle(fut, buffered.popleft(), hint, f"signal {name!r}")
             return fut
-        waiters = self._signal_waiters.setdefault(name, deque())
-        waiters.append((fut, hint))
+        self._signal_waiters.setdefault(name, deque()).append((fut, hint))
 
         def forget() -> None:
-            self._signal_waiters[name] = deque(w for w in waiters if w[0] is not fut)
+            # Filter the current queue: an earlier forget may have replaced the one seen above.
+            current = self._signal_waiters.get(name, deque())
+            self._signal_waiters[name] = deque(w for w in current if w[0] is not fut)
 
         fut.on_cancel = forget
         return fut

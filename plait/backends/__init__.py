@@ -1,0 +1,35 @@
+"""Backends: the ``Backend`` protocol and its implementations, one module each."""
+
+from .base import (
+    Backend,
+    BackendError,
+    BackendState,
+    ClaimedRun,
+    Commit,
+    Delivery,
+    HookReg,
+    HookResume,
+    InboxEntry,
+    NewRun,
+    RunRecord,
+    SchemaError,
+    StepTask,
+    Timer,
+)
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BackendState",
+    "ClaimedRun",
+    "Commit",
+    "Delivery",
+    "HookReg",
+    "HookResume",
+    "InboxEntry",
+    "NewRun",
+    "RunRecord",
+    "SchemaError",
+    "StepTask",
+    "Timer",
+]

@@ -1,0 +1,385 @@
+"""``Worker``: claims workflow and step tasks and runs them.
+
+A workflow task replays (or reuses from the sticky cache) the run's ``Machine``, feeds it the
+inbox, and commits one atomic ``Commit``. A step task runs the step with its retry policy,
+timeout and heartbeats, and delivers its outcome exactly once. Waiting workflows hold no slot:
+only running activations and steps count against ``concurrency``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ..backends.base import ClaimedRun, Commit, StepTask
+from ..kernel import events as ev
+from ..kernel.codec import decode_args, encode
+from ..kernel.errors import ErrorInfo, FatalError, NonDeterminismError, WorkflowError
+from ..kernel.machine import Machine
+from ..kernel.registry import StepFunction, WorkflowFunction, default_registry
+from ..kernel.status import RunStatus
+from ._commit import build_commit
+from ._context import _ENGINE, _STEP, StepInfo
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("plait.worker")
+
+_BLOCKING = (NonDeterminismError, FatalError, WorkflowError, AssertionError)
+
+
+def _index(items: Iterable[Any], kind: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        other = out.get(item.name)
+        if other is not None and other is not item and other.fn is not item.fn:
+            raise ValueError(
+                f"two different {kind}s are named {item.name!r} in one worker; "
+                f"give one of them name=..."
+            )
+        out[item.name] = item
+    return out
+
+
+class Worker:
+    """Runs workflow and step tasks of one engine. Use ``async with engine.worker(...)``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        workflows: Iterable[WorkflowFunction] | None = None,
+        steps: Iterable[StepFunction] | None = None,
+        *,
+        concurrency: int = 64,
+        lease_seconds: float = 30.0,
+        step_lease_seconds: float = 30.0,
+        poll_interval: float = 1.0,
+        cache_size: int = 1000,
+        shutdown_timeout: float = 10.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.engine = engine
+        self.backend = engine.backend
+        self.clock = engine.clock
+        self.workflows: dict[str, WorkflowFunction] = _index(
+            default_registry.workflows if workflows is None else workflows, "workflow"
+        )
+        self.steps: dict[str, StepFunction] = _index(
+            default_registry.steps if steps is None else steps, "step"
+        )
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.step_lease_seconds = step_lease_seconds
+        self.poll_interval = poll_interval
+        self.cache_size = cache_size
+        self.shutdown_timeout = shutdown_timeout
+        self._cache: OrderedDict[str, Machine] = OrderedDict()
+        self._inflight = 0
+        self._stopping = False
+        self._tg: TaskGroup | None = None
+        self._drained: anyio.Event | None = None
+        self.stats = {"activations": 0, "steps": 0, "replays": 0, "fenced": 0, "blocked": 0}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Worker:
+        await self.engine.open()
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._loop)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._tg is not None
+        self._stopping = True
+        self.backend.notify()
+        if self._inflight:
+            self._drained = anyio.Event()
+            with anyio.move_on_after(self.shutdown_timeout):
+                await self._drained.wait()
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(None, None, None)
+        self._tg = None
+        await self.engine.close()
+
+    @property
+    def idle(self) -> bool:
+        return self._inflight == 0
+
+    async def requeue_blocked(self) -> int:
+        """Queue every blocked run once: a new deploy may replay it cleanly."""
+        n = 0
+        async for rec in self.engine.list_runs(status=RunStatus.BLOCKED):
+            if rec.workflow in self.workflows:
+                n += await self.backend.requeue_workflow_task(rec.run_id, self.clock.now())
+        return n
+
+    async def _loop(self) -> None:
+        await self.requeue_blocked()
+        assert self._tg is not None
+        while not self._stopping:
+            progressed = await self._tick(self._tg)
+            if progressed:
+                await anyio.lowlevel.checkpoint()
+                continue
+            wait = self.poll_interval
+            if not self.clock.virtual:
+                st = await self.backend.state(self.clock.now())
+                if st.next_due is not None:
+                    wait = max(0.0, min(wait, st.next_due - self.clock.now()))
+            await self.backend.wait(wait)
+
+    async def _tick(self, tg: TaskGroup) -> bool:
+        now = self.clock.now()
+        progressed = await self.backend.fire_due_timers(now) > 0
+        while self._inflight < self.concurrency and not self._stopping:
+            claim = await self.backend.claim_workflow_task(now, self.lease_seconds)
+            if claim is None:
+                break
+            self._inflight += 1
+            tg.start_soon(self._guard, self.activate, claim)
+            progressed = True
+        free = self.concurrency - self._inflight
+        if free > 0 and not self._stopping:
+            for task in await self.backend.claim_step_tasks(now, free, self.step_lease_seconds):
+                self._inflight += 1
+                tg.start_soon(self._guard, self.run_step, task)
+                progressed = True
+        return progressed
+
+    async def _guard(self, fn: Any, arg: Any) -> None:
+        try:
+            await fn(arg)
+        except Exception:
+            log.exception("plait worker task failed")
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0 and self._drained is not None:
+                self._drained.set()
+            self.backend.notify()
+
+    async def run_one(self) -> bool:
+        """Do the next piece of work in claim order, inline (the deterministic test mode):
+        fire due timers, else one workflow task, else one step. False when nothing was ready."""
+        now = self.clock.now()
+        if await self.backend.fire_due_timers(now):
+            return True
+        claim = await self.backend.claim_workflow_task(now, self.lease_seconds)
+        if claim is not None:
+            await self.activate(claim)
+            return True
+        tasks = await self.backend.claim_step_tasks(now, 1, self.step_lease_seconds)
+        if tasks:
+            await self.run_step(tasks[0])
+            return True
+        return False
+
+    # -- workflow tasks ------------------------------------------------------------------------
+
+    async def _block(self, claim: ClaimedRun, reason: str) -> None:
+        self.stats["blocked"] += 1
+        log.warning("run %s blocked: %s", claim.run.run_id, reason)
+        await self.backend.apply_commit(
+            Commit(
+                run_id=claim.run.run_id,
+                lease=claim.lease,
+                now=self.clock.now(),
+                status=RunStatus.BLOCKED,
+                block_reason=reason,
+                requeue=False,
+            )
+        )
+
+    async def _machine(self, claim: ClaimedRun, wf: WorkflowFunction) -> Machine:
+        run_id = claim.run.run_id
+        m = self._cache.pop(run_id, None)
+        if m is not None and len(m.history) == claim.history_length:
+            return m
+        self.stats["replays"] += 1
+        return Machine(wf, await self.backend.read_history(run_id))
+
+    async def activate(self, claim: ClaimedRun) -> None:
+        run = claim.run
+        wf = self.workflows.get(run.workflow)
+        if wf is None:
+            await self._block(claim, f"unknown workflow {run.workflow!r}: no worker has it")
+            return
+        try:
+            machine = await self._machine(claim, wf)
+        except _BLOCKING as exc:
+            await self._block(claim, f"{type(exc).__name__}: {exc}")
+            return
+        now = self.clock.now()
+        inbound = [entry.event for entry in claim.inbox]
+        if not inbound and not machine.closed and run.status is not RunStatus.PENDING:
+            # Nothing to deliver (e.g. a blocked run requeued that now replays cleanly).
+            ok = await self.backend.apply_commit(
+                Commit(
+                    run_id=run.run_id,
+                    lease=claim.lease,
+                    now=now,
+                    status=RunStatus.RUNNING,
+                )
+            )
+            if ok:
+                self._remember(run.run_id, machine)
+            return
+        try:
+            commands = machine.activate(inbound, now)
+        except _BLOCKING as exc:
+            await self._block(claim, f"{type(exc).__name__}: {exc}")
+            return
+        commit = build_commit(
+            run,
+            claim.lease,
+            now,
+            machine.new_events,
+            commands,
+            claim.inbox[-1].id if claim.inbox else 0,
+            self.engine.new_seed,
+        )
+        if not await self.backend.apply_commit(commit):
+            self.stats["fenced"] += 1
+            log.info("commit for run %s was fenced out (stale lease)", run.run_id)
+            return
+        self.stats["activations"] += 1
+        if self.engine.observers.active:
+            for e in machine.new_events:
+                self.engine.observers.run_event(run.run_id, run.workflow, e)
+        if machine.closed:
+            if machine.status is not RunStatus.CONTINUED_AS_NEW:
+                await self.engine.apply_parent_close(run.run_id)
+        else:
+            self._remember(run.run_id, machine)
+
+    def _remember(self, run_id: str, machine: Machine) -> None:
+        self._cache[run_id] = machine
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    # -- step tasks ----------------------------------------------------------------------------
+
+    async def run_step(self, task: StepTask) -> None:
+        step = self.steps.get(task.name)
+        started = time.perf_counter()
+        if step is None:
+            error = ErrorInfo(
+                "plait.UnknownStep", f"no worker has step {task.name!r}", non_retryable=True
+            )
+            await self.backend.finish_step(
+                task.run_id,
+                task.seq,
+                task.lease,
+                ev.StepFailed(task.seq, error, task.attempt),
+                self.clock.now(),
+            )
+            return
+        deadline = None if step.timeout is None else self.clock.now() + step.timeout
+        info = StepInfo(
+            task.run_id, task.seq, task.name, task.attempt, f"{task.run_id}:{task.seq}", deadline
+        )
+        try:
+            value = await self._call(step, task, info)
+        except Exception as exc:
+            await self._failed(step, task, exc, time.perf_counter() - started)
+            return
+        try:  # a result that cannot be stored fails the same way on every attempt
+            data = encode(value, step.result_hint, f"result of step {step.name}")
+            self.engine.check_size(data, f"result of step {step.name}")
+        except (TypeError, ValueError) as exc:
+            await self._failed(step, task, _Unretryable(str(exc)), time.perf_counter() - started)
+            return
+        self.stats["steps"] += 1
+        await self.backend.finish_step(
+            task.run_id,
+            task.seq,
+            task.lease,
+            ev.StepCompleted(task.seq, data, task.attempt),
+            self.clock.now(),
+        )
+        if self.engine.observers.active:
+            self.engine.observers.step_attempt(
+                task.run_id,
+                task.seq,
+                task.name,
+                task.attempt,
+                "completed",
+                time.perf_counter() - started,
+            )
+
+    async def _call(self, step: StepFunction, task: StepTask, info: StepInfo) -> Any:
+        args = decode_args(step.fn, task.args)
+        step_token = _STEP.set(info)
+        engine_token = _ENGINE.set(self.engine)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeat, task)
+                try:
+                    with anyio.fail_after(step.timeout) if step.timeout else _nullcontext():
+                        if step.is_async:
+                            return await step.fn(*args)
+                        ctx = contextvars.copy_context()
+                        return await anyio.to_thread.run_sync(
+                            ctx.run, step.fn, *args, abandon_on_cancel=True
+                        )
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            _STEP.reset(step_token)
+            _ENGINE.reset(engine_token)
+
+    async def _heartbeat(self, task: StepTask) -> None:
+        interval = self.step_lease_seconds / 3
+        while True:
+            await anyio.sleep(interval)
+            await self.backend.heartbeat_step(
+                task.run_id, task.seq, task.lease, self.clock.now(), self.step_lease_seconds
+            )
+
+    async def _failed(
+        self, step: StepFunction, task: StepTask, exc: Exception, duration: float
+    ) -> None:
+        non_retryable = isinstance(exc, step.retry.non_retryable) or isinstance(exc, _Unretryable)
+        error = ErrorInfo.from_exception(exc, non_retryable=non_retryable)
+        now = self.clock.now()
+        if not non_retryable and step.retry.should_retry(task.attempt, exc):
+            outcome = "retrying"
+            await self.backend.retry_step(
+                task.run_id,
+                task.seq,
+                task.lease,
+                task.attempt + 1,
+                now + step.retry.delay(task.attempt),
+            )
+        else:
+            outcome = "failed"
+            await self.backend.finish_step(
+                task.run_id, task.seq, task.lease, ev.StepFailed(task.seq, error, task.attempt), now
+            )
+        if self.engine.observers.active:
+            self.engine.observers.step_attempt(
+                task.run_id, task.seq, task.name, task.attempt, outcome, duration, error
+            )
+
+
+class _Unretryable(Exception):
+    """A step outcome no retry can change (its result cannot be stored)."""
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

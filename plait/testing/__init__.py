@@ -1,0 +1,1 @@
+"""plait's testing harness: time skipping, replay checks, strategies, conformance, pytest plugin."""
