@@ -322,22 +322,32 @@ class Worker:
         args = decode_args(step.fn, task.args)
         step_token = _STEP.set(info)
         engine_token = _ENGINE.set(self.engine)
+        error: BaseException | None = None
+        result: Any = None
         try:
+            # The step runs inside the heartbeat's task group; its exception is caught here so
+            # that it reaches the retry policy as itself, not wrapped in an ExceptionGroup.
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._heartbeat, task)
                 try:
                     with anyio.fail_after(step.timeout) if step.timeout else _nullcontext():
                         if step.is_async:
-                            return await step.fn(*args)
-                        ctx = contextvars.copy_context()
-                        return await anyio.to_thread.run_sync(
-                            ctx.run, step.fn, *args, abandon_on_cancel=True
-                        )
+                            result = await step.fn(*args)
+                        else:
+                            ctx = contextvars.copy_context()
+                            result = await anyio.to_thread.run_sync(
+                                ctx.run, step.fn, *args, abandon_on_cancel=True
+                            )
+                except Exception as exc:
+                    error = exc
                 finally:
                     tg.cancel_scope.cancel()
         finally:
             _STEP.reset(step_token)
             _ENGINE.reset(engine_token)
+        if error is not None:
+            raise error
+        return result
 
     async def _heartbeat(self, task: StepTask) -> None:
         interval = self.step_lease_seconds / 3
