@@ -118,15 +118,32 @@ def decode(data: JSON, hint: Any = Any, path: str = "value") -> Any:
         raise TypeError(f"{path}: cannot convert {data!r} to {hint!r}: {exc}") from exc
 
 
+_HINTS: dict[Callable[..., Any], dict[str, Any]] = {}
+_PARAM_HINTS: dict[tuple[Callable[..., Any], int], list[tuple[str, Any]]] = {}
+
+
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(fn)
-    except Exception:
-        return {}
+    # Resolving hints (and signatures) costs far more than replaying an event: do it once.
+    cached = _HINTS.get(fn)
+    if cached is None:
+        try:
+            cached = typing.get_type_hints(fn)
+        except Exception:
+            cached = {}
+        _HINTS[fn] = cached
+    return cached
 
 
 def _param_hints(fn: Callable[..., Any], n: int) -> list[tuple[str, Any]]:
-    """The (name, hint) of the first ``n`` positional arguments of ``fn``."""
+    """The (name, hint) of the first ``n`` positional arguments of ``fn`` (cached)."""
+    key = (fn, n)
+    cached = _PARAM_HINTS.get(key)
+    if cached is None:
+        cached = _PARAM_HINTS[key] = _compute_param_hints(fn, n)
+    return cached
+
+
+def _compute_param_hints(fn: Callable[..., Any], n: int) -> list[tuple[str, Any]]:
     hints = _hints(fn)
     try:
         params = list(inspect.signature(fn).parameters.values())
@@ -197,9 +214,32 @@ _EVENT_TYPES: dict[str, type[ev.Event]] = {
     and getattr(ev, name) is not ev.Event
 }
 
-_history_converter = cattrs.Converter()
+
+def _exactly(kind: type, *also: type) -> Callable[[Any, Any], Any]:
+    """A strict structure hook: cattrs would coerce ``"abc"`` to a list or ``1.5`` to an int."""
+
+    def structure(value: Any, _: Any) -> Any:
+        if isinstance(value, bool) is not (kind is bool) or not isinstance(value, (kind, *also)):
+            raise TypeError(f"expected {kind.__name__}, got {value!r}")
+        return kind(value)
+
+    return structure
+
+
+# Strict: a history no execution could produce is corrupt, never silently coerced.
+_history_converter = cattrs.Converter(forbid_extra_keys=True)
 # Payload fields hold JSON already: pass them through untouched.
 _history_converter.register_structure_hook(Any, lambda v, _: v)
+for _kind, _also in ((int, ()), (float, (int,)), (str, ()), (bool, ())):
+    _history_converter.register_structure_hook(_kind, _exactly(_kind, *_also))
+
+
+def _is_list(hint: Any) -> bool:
+    origin: Any = typing.get_origin(hint)
+    return origin is list
+
+
+_history_converter.register_structure_hook_func(_is_list, _exactly(list))
 
 
 def event_to_dict(event: ev.Event) -> dict[str, JSON]:
@@ -217,14 +257,19 @@ def event_from_dict(data: dict[str, JSON]) -> ev.Event:
     """Decode one tagged event dict; ``CorruptHistoryError`` for anything unknown or malformed."""
     if not isinstance(data, dict) or "type" not in data:
         raise CorruptHistoryError(f"history entry is not a tagged event: {data!r}")
-    cls = _EVENT_TYPES.get(data["type"])
+    cls = _EVENT_TYPES.get(data["type"]) if isinstance(data["type"], str) else None
     if cls is None:
         raise CorruptHistoryError(f"unknown event type {data['type']!r} in history")
     body = {k: v for k, v in data.items() if k != "type"}
     try:
         return _history_converter.structure(body, cls)
     except Exception as exc:
-        raise CorruptHistoryError(f"malformed {data['type']} event {body!r}: {exc}") from exc
+        detail = (
+            "; ".join(cattrs.transform_error(exc))
+            if isinstance(exc, cattrs.BaseValidationError)
+            else exc
+        )
+        raise CorruptHistoryError(f"malformed {data['type']} event {body!r}: {detail}") from exc
 
 
 def history_to_json(events: Sequence[ev.Event]) -> list[dict[str, JSON]]:
