@@ -188,6 +188,14 @@ def cmd_terminate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ._bench import WORKLOADS, main_bench
+
+    names = args.workloads.split(",") if args.workloads else list(WORKLOADS)
+    backend = args.backend or os.environ.get("PLAIT_BACKEND") or "sqlite:///./.plait/bench.db"
+    return main_bench(backend, names, args.repeat, args.size, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="plait", description="durable workflows for Python")
     common = argparse.ArgumentParser(add_help=False)
@@ -199,6 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", parents=[common], help="run the demo document batch")
     d.add_argument("--docs", type=int, default=12, help="number of documents (default 12)")
     d.set_defaults(fn=cmd_demo)
+
+    b = sub.add_parser("bench", parents=[common], help="run benchmark workloads")
+    b.add_argument(
+        "--workloads",
+        help="comma-separated (sequential,concurrent,fanout,timers,hooks,replay); default all",
+    )
+    b.add_argument("--repeat", type=int, default=5, help="runs per workload (median reported)")
+    b.add_argument("--size", type=int, default=None, help="override the workload size")
+    b.add_argument("--json", action="store_true", help="print the report as JSON")
+    b.set_defaults(fn=cmd_bench)
 
     w = sub.add_parser("worker", parents=[common], help="run a worker for MODULE[:ATTR]")
     w.add_argument("target", metavar="MODULE[:ATTR]")
