@@ -22,11 +22,14 @@ def _by_name(workflows: Iterable[WorkflowFunction] | Mapping[str, Any]) -> Mappi
 
 def replay(
     history: Sequence[ev.Event], workflows: Iterable[WorkflowFunction] | Mapping[str, Any]
-) -> Machine:
+) -> Machine | None:
     """Replay one run's history; ``NonDeterminismError`` with a readable diff on a mismatch.
 
     The rebuilt history must equal the stored one event for event (meta events included).
+    A run terminated before any code ran (only meta events) has nothing to replay: None.
     """
+    if history and all(type(e) in ev.META_EVENTS for e in history):
+        return None  # terminated before its first activation: no code ever ran
     if not history or not isinstance(history[0], ev.RunStarted):
         raise CorruptHistoryError("a history must start with RunStarted")
     name = history[0].workflow
