@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .kernel.errors import PlaitError
 
     args = build_parser().parse_args(argv)
-    if args.command == "runs" and args.status:
+    if args.command == "runs" and getattr(args, "status", None):
         from .kernel.status import RunStatus
 
         valid = [s.value for s in RunStatus]
