@@ -125,6 +125,10 @@ def test_cancel_terminate_and_resume_hook_commands(tmp_path: Path) -> None:
         @plait.workflow(name="cli.waiter")
         async def waiter() -> str:
             return await plait.hook(token="cli-token")
+
+        @plait.workflow(name="cli.sleeper")
+        async def sleeper() -> None:
+            await plait.sleep(86_400)
     """)
     )
     url = f"sqlite:///{tmp_path}/w.db"
