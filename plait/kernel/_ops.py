@@ -211,6 +211,8 @@ class HookOp(Op):
         self.token, self.hint = token, hint
         self.buffer: deque[Any] = deque()
         self.waiters: deque[tuple[Future, bool]] = deque()
+        # CONFLICT stays CONFLICT when disposed: remember the dispose so it is issued once.
+        self.disposed = False
 
     def on(self, event: ev.Event) -> None:
         if isinstance(event, ev.HookReceived):
@@ -218,6 +220,7 @@ class HookOp(Op):
                 self.buffer.append(event.payload)
                 self._pump()
         else:
+            self.disposed = self.disposed or isinstance(event, ev.HookDisposed)
             self._pump()
 
     def next(self, for_iteration: bool) -> Future:

@@ -20,7 +20,7 @@ import attrs
 from ._ops import ChildOp, HookOp
 from ._scheduler import Future, Task, chain
 from .codec import encode, encode_args
-from .errors import Timeout, WorkflowError
+from .errors import Cancelled, Timeout, WorkflowError
 from .machine import Machine, WorkflowInfo, current_machine
 
 __all__ = [
@@ -270,6 +270,9 @@ class _Barrier:
         pending = [n]
 
         def cancel_members() -> None:
+            # The waiter is gone. Settle now, so a member ending later (a race loser finishing
+            # with Cancelled) cannot cancel its siblings a second time, mid-cleanup.
+            fut.set_exception(Cancelled())
             for t in tasks:
                 t.cancel()
 

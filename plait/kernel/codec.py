@@ -72,8 +72,13 @@ payload_converter: cattrs.Converter = _make_payload_converter()
 
 def _jsonable(value: Any, path: str) -> JSON:
     """Return ``value`` as plain JSON types, or raise ``TypeError`` naming the bad path."""
-    if value is None or isinstance(value, (str, bool, int)):
+    if value is None or type(value) in (str, bool, int):
         return value
+    # Subclasses the converter let through (StrEnum members): keep only the plain value.
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__int__(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise TypeError(f"{path}: {value!r} is not serializable to JSON")
@@ -96,7 +101,8 @@ def _jsonable(value: Any, path: str) -> JSON:
 
 def encode(value: Any, hint: Any = Any, path: str = "value") -> JSON:
     """Unstructure ``value`` as ``hint`` into JSON-safe data; ``TypeError`` names a bad path."""
-    if value is None or isinstance(value, (str, bool, int)):
+    # Exact types only: an IntEnum or StrEnum member must become its plain value.
+    if value is None or type(value) in (str, bool, int):
         return value
     try:
         if hint is Any or hint is None or hint is inspect.Parameter.empty:

@@ -173,6 +173,7 @@ class Machine:
         self._commands: list[cmd.Command] = []
         self._fatal: BaseException | None = None
         self._cancel_due = False
+        self._cancel_seen = False
         self._seed = ""
         self._uuid_count = 0
         self._token_count = 0
@@ -216,7 +217,7 @@ class Machine:
         elif isinstance(time, _dt.datetime):
             time = time.timestamp()
         for e in new_events:
-            if type(e) in ev.COMMAND_EVENTS or type(e) is ev.Activated:
+            if type(e) not in ev.INBOUND_EVENTS:
                 raise CorruptHistoryError(f"{type(e).__name__} is not an inbound event")
         self._run_batch(new_events, float(time), None)
         self.new_events = self.history[start:]
@@ -284,17 +285,33 @@ class Machine:
                 raise NonDeterminismError(
                     f"nondeterminism at seq {getattr(extra, 'seq', '?')}: history recorded "
                     f"{_describe(extra)} but the workflow code issued no command for it "
-                    f"(the code now stops earlier or takes another branch)"
+                    f"(the code now stops earlier or takes another branch; it waits at "
+                    f"{self._waiting_site()})"
                 )
         finally:
             self._expect = None
             _CURRENT.reset(token)
 
+    def _waiting_site(self) -> str:
+        """File:line where the main workflow coroutine is suspended (its innermost own frame)."""
+        site = "<unknown>"
+        obj: object = self._main.coro if self._main is not None else None
+        while obj is not None:
+            frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
+            if frame is not None and not frame.f_code.co_filename.startswith(_KERNEL_DIR):
+                code = frame.f_code
+                site = f"{code.co_filename}:{frame.f_lineno} (in {code.co_qualname})"
+            obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
+        return site
+
     def _apply(self, e: ev.Event) -> None:
         if isinstance(e, ev.RunStarted):
             self._start(e)
         elif isinstance(e, ev.CancelRequested):
-            self._cancel_due = True
+            # Only the first request cancels: a second one (say the parent's close policy after
+            # its own request) must not interrupt the cleanup the first one started.
+            if not self._cancel_seen:
+                self._cancel_seen = self._cancel_due = True
         elif isinstance(e, ev.SignalReceived):
             waiters = self._signal_waiters.get(e.name)
             if waiters:
@@ -339,7 +356,7 @@ class Machine:
 
     # -- commands ------------------------------------------------------------------------------
 
-    def issue(self, make: Callable[[int], cmd.Command]) -> cmd.Command:
+    def issue(self, make: Callable[[int], cmd.Command], site: str | None = None) -> cmd.Command:
         """Give the next seq to a command; check it against history when replaying."""
         if self.closed:
             raise _Closed()
@@ -353,7 +370,7 @@ class Machine:
             if recorded is None or not self._matches(event, recorded):
                 self._fatal = NonDeterminismError(
                     f"nondeterminism at seq {self._seq}: the workflow code issued "
-                    f"{_describe(event)} at {_user_site()}, but history recorded "
+                    f"{_describe(event)} at {site or _user_site()}, but history recorded "
                     f"{_describe(recorded)}"
                     + ("" if recorded is not None else " (the recorded batch ended earlier)")
                 )
@@ -381,38 +398,50 @@ class Machine:
         if self.closed:
             return
         exc = fut.exception()
+        site = self._end_site()
         if exc is None:
             value = fut.result()
             try:
                 data = encode(value, return_hint(self._fn), "workflow result")
             except TypeError as error:
                 failure = ErrorInfo.from_exception(error)
-                self._close(lambda s: cmd.FailRun(s, failure))
+                self._close(lambda s: cmd.FailRun(s, failure), site)
                 return
             self.result = value
             self.result_data = data
-            self._close(lambda s: cmd.CompleteRun(s, data))
+            self._close(lambda s: cmd.CompleteRun(s, data), site)
         elif isinstance(exc, Cancelled):
-            self._close(lambda s: cmd.CancelRun(s))
+            self._close(lambda s: cmd.CancelRun(s), site)
         elif isinstance(exc, (_Abort, _Closed)):
             return
         else:
-            self._close(lambda s: cmd.FailRun(s, ErrorInfo.from_exception(exc)))
+            self._close(lambda s: cmd.FailRun(s, ErrorInfo.from_exception(exc)), site)
 
-    def _close(self, make: Callable[[int], cmd.Command]) -> None:
+    def _end_site(self) -> str | None:
+        # The workflow returned or raised: no frame of it is on the stack to point at.
+        code = getattr(self._fn, "__code__", None)
+        if code is None:
+            return None
+        return f"{code.co_filename}:{code.co_firstlineno} (end of {code.co_qualname})"
+
+    def _close(self, make: Callable[[int], cmd.Command], site: str | None = None) -> None:
         try:
-            command = self.issue(make)
+            command = self.issue(make, site)
         except _Abort:
             self._sched.stopped = True
             return
         self.close_command = command
         self._sched.stopped = True
         self._sched.ready.clear()
+        # On replay the recorded event is the truth (a traceback need not be reproducible).
+        recorded = self.history[-1]
         if isinstance(command, cmd.CompleteRun):
             self.status = RunStatus.COMPLETED
+            if isinstance(recorded, ev.RunCompleted):
+                self.result_data = recorded.result
         elif isinstance(command, cmd.FailRun):
             self.status = RunStatus.FAILED
-            self.error = command.error
+            self.error = recorded.error if isinstance(recorded, ev.RunFailed) else command.error
         elif isinstance(command, cmd.CancelRun):
             self.status = RunStatus.CANCELLED
         elif isinstance(command, cmd.ContinueAsNew):
@@ -507,9 +536,7 @@ class Machine:
         return op
 
     def dispose_hook(self, op: HookOp) -> None:
-        from ._ops import HookState
-
-        if op.state is HookState.DISPOSED or self.closed:
+        if op.disposed or self.closed:
             return
         c = self.issue(lambda s: cmd.DisposeHook(s, op.seq, op.token))
         op.apply(command_event(c))
