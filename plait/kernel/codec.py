@@ -130,13 +130,13 @@ _PARAM_HINTS: dict[tuple[Callable[..., Any], int], list[tuple[str, Any]]] = {}
 
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
     # Resolving hints (and signatures) costs far more than replaying an event: do it once.
+    # A failure (a forward reference not defined yet) is not cached: it may resolve later.
     cached = _HINTS.get(fn)
     if cached is None:
         try:
-            cached = typing.get_type_hints(fn)
+            cached = _HINTS[fn] = typing.get_type_hints(fn)
         except Exception:
-            cached = {}
-        _HINTS[fn] = cached
+            return {}
     return cached
 
 
@@ -145,7 +145,9 @@ def _param_hints(fn: Callable[..., Any], n: int) -> list[tuple[str, Any]]:
     key = (fn, n)
     cached = _PARAM_HINTS.get(key)
     if cached is None:
-        cached = _PARAM_HINTS[key] = _compute_param_hints(fn, n)
+        cached = _compute_param_hints(fn, n)
+        if fn in _HINTS:  # only once the hints resolved
+            _PARAM_HINTS[key] = cached
     return cached
 
 

@@ -112,8 +112,12 @@ class StepFunction:
         self.retry = retry if retry is not None else RetryPolicy()
         self.timeout = timeout
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.result_hint = return_hint(fn)
         functools.update_wrapper(self, fn)
+
+    @property
+    def result_hint(self) -> Any:
+        """The declared return type, resolved lazily (it may name a class defined later)."""
+        return return_hint(self.fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if current_machine() is not None:
@@ -133,8 +137,12 @@ class WorkflowFunction:
             raise TypeError(f"@plait.workflow needs an async def function, got {fn!r}")
         self.fn = fn
         self.name = name or _name_of(fn)
-        self.result_hint = return_hint(fn)
         functools.update_wrapper(self, fn)
+
+    @property
+    def result_hint(self) -> Any:
+        """The declared return type, resolved lazily (it may name a class defined later)."""
+        return return_hint(self.fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
