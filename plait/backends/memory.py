@@ -231,14 +231,14 @@ class MemoryBackend:
             self._timers[(t.run_id, t.seq)] = (t.fire_at, self._next())
         for seq in c.cancel_timers:
             self._timers.pop((c.run_id, seq), None)
+        for token in c.dispose_hooks:  # before registrations: a token may be reopened
+            if self._hooks.get(token, ("",))[0] == c.run_id:
+                del self._hooks[token]
         for reg in c.hooks:
             if reg.token in self._hooks:
                 self._deliver(reg.on_conflict, now)
             else:
                 self._hooks[reg.token] = (c.run_id, reg.seq)
-        for token in c.dispose_hooks:
-            if self._hooks.get(token, ("",))[0] == c.run_id:
-                del self._hooks[token]
         if closing:
             self._drop_pending(c.run_id, record)
         for nr in c.new_runs:

@@ -1,0 +1,1149 @@
+"""The sqlite backend: URL forms, refusing foreign stores, the protocol's guarantees operation by
+operation, several processes sharing one file, and end-to-end runs through Engine and Worker."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import plait
+from plait.backends import _sqlite_schema as schema
+from plait.backends.base import (
+    BackendError,
+    Commit,
+    Delivery,
+    HookReg,
+    HookResume,
+    NewRun,
+    RunRecord,
+    SchemaError,
+    StepTask,
+    Timer,
+)
+from plait.backends.memory import MemoryBackend
+from plait.backends.sqlite import POLL_SECONDS, SqliteBackend
+from plait.kernel import events as ev
+from plait.kernel.errors import ErrorInfo
+from plait.kernel.status import RunStatus
+from plait.plugins.manager import backend_from_url
+from plait.testing import TimeSkippingEnvironment
+
+pytestmark = pytest.mark.backend("sqlite")
+
+NOW = 1_000.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def url_of(path: Path, query: str = "") -> str:
+    return f"sqlite:///{path}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "plait.db"
+
+
+@pytest.fixture(params=["file", "in-memory", "reference"])
+async def backend(request: pytest.FixtureRequest, db_path: Path) -> Any:
+    """A sqlite backend on a file or in memory; "reference" runs the same test on the memory
+    backend, so every expectation below is also checked against the reference behaviour."""
+    if request.param == "reference":
+        yield MemoryBackend()
+        return
+    b = SqliteBackend(url_of(db_path) if request.param == "file" else "sqlite://:memory:")
+    await b.open()
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+@pytest.fixture
+async def file_backend(db_path: Path) -> Any:
+    b = SqliteBackend(url_of(db_path))
+    await b.open()
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+def record(run_id: str, key: str | None = None, **kw: Any) -> RunRecord:
+    kw.setdefault("workflow", "wf")
+    return RunRecord(run_id=run_id, status=RunStatus.PENDING, created_at=NOW, key=key, **kw)
+
+
+def started(run_id: str) -> ev.RunStarted:
+    return ev.RunStarted(run_id=run_id, workflow="wf", args=[1, "two"], seed="s", time=NOW)
+
+
+async def new_run(b: SqliteBackend, run_id: str, now: float = NOW, **kw: Any) -> None:
+    assert await b.create_run(record(run_id, **kw), (started(run_id),), now) == (run_id, True)
+
+
+async def claim_and_commit(b: SqliteBackend, run_id: str, now: float = NOW, **kw: Any) -> int:
+    """Claim ``run_id`` (which must come first) and commit ``kw``; returns the inbox id used."""
+    claim = await b.claim_workflow_task(now, 30)
+    assert claim is not None and claim.run.run_id == run_id
+    upto = claim.inbox[-1].id if claim.inbox else 0
+    kw.setdefault("status", RunStatus.RUNNING)
+    assert await b.apply_commit(Commit(run_id, claim.lease, now, inbox_upto=upto, **kw))
+    return upto
+
+
+# -- URLs and files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///runs.db", "runs.db"),
+        ("sqlite:///sub/dir/runs.db", "sub/dir/runs.db"),
+        ("sqlite:////abs/path/runs.db", "/abs/path/runs.db"),
+        ("SQLite:///runs.db", "runs.db"),
+        ("sqlite:///with%20space.db", "with space.db"),
+        ("sqlite://:memory:", None),
+        ("sqlite://", None),
+        ("sqlite:///:memory:", None),
+    ],
+)
+def test_url_paths(url: str, path: str | None) -> None:
+    opts = schema.parse_url(url)
+    assert opts.path == path
+    assert (opts.synchronous, opts.busy_timeout_ms) == ("NORMAL", 5000)
+
+
+def test_url_options() -> None:
+    opts = schema.parse_url("sqlite:///x.db?synchronous=full&busy_timeout=250")
+    assert (opts.synchronous, opts.busy_timeout_ms) == ("FULL", 250)
+    assert schema.parse_url("sqlite:///x.db?synchronous=NORMAL").synchronous == "NORMAL"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite://host/x.db", "names a host"),
+        ("sqlite:///", "has no path"),
+        ("sqlite:///x.db?synchronous=sometimes", "synchronous='sometimes'"),
+        ("sqlite:///x.db?busy_timeout=-1", "busy_timeout='-1'"),
+        ("sqlite:///x.db?busy_timeout=soon", "busy_timeout='soon'"),
+        ("sqlite:///x.db?colour=red", "unknown option(s) colour"),
+        ("postgres:///x.db", "not a sqlite URL"),
+    ],
+)
+def test_bad_urls_are_refused_clearly(url: str, message: str) -> None:
+    with pytest.raises(BackendError, match=None) as info:
+        SqliteBackend(url)
+    assert message in str(info.value)
+
+
+def test_registered_through_the_plait_entry_point_group(db_path: Path) -> None:
+    assert isinstance(backend_from_url(url_of(db_path)), SqliteBackend)
+    assert isinstance(backend_from_url("sqlite://:memory:"), SqliteBackend)
+    assert isinstance(plait.Engine(url_of(db_path)).backend, SqliteBackend)
+
+
+async def _pragma(b: SqliteBackend, name: str) -> Any:
+    con = b._store.con
+    assert con is not None
+    return await b._run(lambda: con.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+@pytest.mark.anyio
+async def test_wal_normal_by_default_and_full_on_request(tmp_path: Path) -> None:
+    b = SqliteBackend(url_of(tmp_path / "a.db"))
+    await b.open()
+    assert await _pragma(b, "journal_mode") == "wal"
+    assert await _pragma(b, "synchronous") == 1  # NORMAL
+    assert await _pragma(b, "busy_timeout") == 5000
+    await b.close()
+    b = SqliteBackend(url_of(tmp_path / "a.db", "synchronous=full&busy_timeout=1234"))
+    await b.open()
+    assert await _pragma(b, "synchronous") == 2  # FULL
+    assert await _pragma(b, "busy_timeout") == 1234
+    await b.close()
+
+
+@pytest.mark.anyio
+async def test_relative_path_and_missing_directories_are_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    b = SqliteBackend("sqlite:///rel/deeper/runs.db")
+    await b.open()
+    await new_run(b, "r1")
+    await b.close()
+    assert (tmp_path / "rel" / "deeper" / "runs.db").is_file()
+    nested = tmp_path / "a" / "b" / "c" / "x.db"
+    async with plait.Engine(url_of(nested)):
+        pass
+    assert nested.is_file()
+
+
+@pytest.mark.anyio
+async def test_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match="is a directory"):
+        await SqliteBackend(url_of(tmp_path)).open()
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.parent.iterdir())}
+
+
+@pytest.mark.anyio
+async def test_a_file_that_is_not_sqlite_is_refused_unchanged(db_path: Path) -> None:
+    db_path.write_bytes(b"name,amount\nalice,3\n" * 200)
+    before = _files(db_path)
+    b = SqliteBackend(url_of(db_path))
+    with pytest.raises(SchemaError) as info:
+        await b.open()
+    message = str(info.value)
+    assert str(db_path) in message and "not a plait database" in message
+    assert "\n" not in message
+    assert _files(db_path) == before
+
+
+@pytest.mark.anyio
+async def test_a_foreign_sqlite_database_is_refused_unchanged(db_path: Path) -> None:
+    con = sqlite3.connect(db_path)
+    con.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    con.execute("INSERT INTO users (name) VALUES ('alice')")
+    con.commit()
+    con.close()
+    before = _files(db_path)
+    with pytest.raises(SchemaError, match="other tables \\(users\\)") as info:
+        await SqliteBackend(url_of(db_path)).open()
+    assert str(db_path) in str(info.value)
+    assert _files(db_path) == before
+    con = sqlite3.connect(db_path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # not switched to WAL
+    con.close()
+
+
+@pytest.mark.anyio
+async def test_a_plait_meta_without_the_marker_is_refused(db_path: Path) -> None:
+    con = sqlite3.connect(db_path)
+    con.execute("CREATE TABLE plait_meta (key TEXT PRIMARY KEY, value TEXT)")
+    con.execute("INSERT INTO plait_meta VALUES ('schema_version', '1')")
+    con.commit()
+    con.close()
+    before = _files(db_path)
+    with pytest.raises(SchemaError, match="no plait marker"):
+        await SqliteBackend(url_of(db_path)).open()
+    assert _files(db_path) == before
+
+
+@pytest.mark.anyio
+async def test_a_newer_schema_is_refused_unchanged(db_path: Path) -> None:
+    b = SqliteBackend(url_of(db_path))
+    await new_run(b, "r1")  # opens lazily
+    await b.close()
+    con = sqlite3.connect(db_path)
+    con.execute("UPDATE plait_meta SET value = '99' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    before = _files(db_path)
+    with pytest.raises(SchemaError) as info:
+        await SqliteBackend(url_of(db_path)).open()
+    assert f"written by a newer plait (schema 99 > {schema.SCHEMA_VERSION})" in str(info.value)
+    assert str(db_path) in str(info.value)
+    assert _files(db_path) == before
+
+
+@pytest.mark.anyio
+async def test_an_empty_file_gets_the_schema(db_path: Path) -> None:
+    db_path.touch()
+    b = SqliteBackend(url_of(db_path))
+    await new_run(b, "r1")
+    await b.close()
+    con = sqlite3.connect(db_path)
+    meta = dict(con.execute("SELECT key, value FROM plait_meta"))
+    con.close()
+    assert meta == {"magic": "plait", "schema_version": str(schema.SCHEMA_VERSION)}
+
+
+@pytest.mark.anyio
+async def test_forward_migrations_apply_in_order(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = SqliteBackend(url_of(db_path))
+    await new_run(b, "r1")
+    await b.close()
+    extra = [
+        (schema.SCHEMA_VERSION + 1, ("CREATE TABLE plait_extra (x INTEGER)",)),
+        (schema.SCHEMA_VERSION + 2, ("INSERT INTO plait_extra VALUES (42)",)),
+    ]
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, *extra])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", schema.SCHEMA_VERSION + 2)
+    b = SqliteBackend(url_of(db_path))
+    assert (await b.get_run("r1")) is not None
+    await b.close()
+    con = sqlite3.connect(db_path)
+    version = con.execute("SELECT value FROM plait_meta WHERE key = 'schema_version'").fetchone()
+    assert int(version[0]) == schema.SCHEMA_VERSION
+    assert con.execute("SELECT x FROM plait_extra").fetchall() == [(42,)]
+    con.close()
+
+
+@pytest.mark.anyio
+async def test_in_memory_url_works() -> None:
+    b = SqliteBackend("sqlite://:memory:")
+    await new_run(b, "r1")
+    claim = await b.claim_workflow_task(NOW, 30)
+    assert claim is not None and [e.event for e in claim.inbox] == [started("r1")]
+    await b.close()
+    await b.close()  # idempotent
+
+
+@pytest.mark.anyio
+async def test_history_survives_close_and_reopen(db_path: Path) -> None:
+    b = SqliteBackend(url_of(db_path))
+    await new_run(b, "r1", key="k")
+    events = (started("r1"), ev.Activated(NOW), ev.StepScheduled(1, "s", [1, {"a": [2]}]))
+    await claim_and_commit(b, "r1", events=events)
+    err = ErrorInfo("ValueError", "boom", "tb", non_retryable=True)
+    await b.append_history("r1", [ev.StepFailed(1, err, 3)])
+    rec = await b.get_run("r1")
+    await b.close()
+    b2 = SqliteBackend(url_of(db_path))
+    assert await b2.read_history("r1") == [*events, ev.StepFailed(1, err, 3)]
+    assert await b2.get_run("r1") == rec
+    assert await b2.create_run(record("r2", key="k"), (), NOW) == ("r1", False)
+    await b2.close()
+
+
+# -- runs, inboxes, leases ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_key_uniqueness_among_open_runs(backend: SqliteBackend) -> None:
+    b = backend
+    await new_run(b, "r1", key="k")
+    assert await b.create_run(record("r2", key="k"), (started("r2"),), NOW) == ("r1", False)
+    assert await b.get_run("r2") is None
+    assert await b.create_run(record("r1"), (), NOW) == ("r1", False)  # same id: left alone
+    await claim_and_commit(b, "r1", status=RunStatus.COMPLETED, result={"ok": True})
+    assert await b.create_run(record("r3", key="k"), (started("r3"),), NOW) == ("r3", True)
+    done = await b.get_run("r1")
+    assert done is not None and done.closed and done.closed_at == NOW
+    assert done.result == {"ok": True} and done.key == "k"
+
+
+@pytest.mark.anyio
+async def test_get_and_list_runs(backend: SqliteBackend) -> None:
+    b = backend
+    assert await b.get_run("nope") is None
+    assert await b.read_history("nope") == []
+    await new_run(b, "p")
+    for i in range(5):
+        await new_run(b, f"c{i}", parent_run_id="p", parent_seq=i, workflow="child")
+    await new_run(b, "other", workflow="child")
+    children = await b.list_runs(parent="p")
+    assert [r.run_id for r in children] == [f"c{i}" for i in range(5)]
+    assert [r.parent_seq for r in children] == list(range(5))
+    assert [r.run_id for r in await b.list_runs(workflow="child", limit=2, offset=4)] == [
+        "c4",
+        "other",
+    ]
+    assert [r.run_id for r in await b.list_runs(limit=3)] == ["p", "c0", "c1"]
+    assert await b.list_runs(status=RunStatus.COMPLETED) == []
+    assert len(await b.list_runs(status=RunStatus.PENDING, limit=100)) == 7
+    assert await b.list_runs(limit=0) == []
+
+
+@pytest.mark.anyio
+async def test_append_inbox_only_to_open_runs(backend: SqliteBackend) -> None:
+    b = backend
+    assert not await b.append_inbox("ghost", [ev.CancelRequested()], NOW)
+    await new_run(b, "r1")
+    assert await b.append_inbox("r1", [ev.SignalReceived("a", 1), ev.SignalReceived("b", 2)], NOW)
+    claim = await b.claim_workflow_task(NOW, 30)
+    assert claim is not None
+    assert [e.event for e in claim.inbox] == [
+        started("r1"),
+        ev.SignalReceived("a", 1),
+        ev.SignalReceived("b", 2),
+    ]
+    ids = [e.id for e in claim.inbox]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    await b.apply_commit(
+        Commit("r1", claim.lease, NOW, inbox_upto=ids[-1], status=RunStatus.CANCELLED)
+    )
+    assert not await b.append_inbox("r1", [ev.CancelRequested()], NOW)
+    assert not await b.requeue_workflow_task("r1", NOW)
+
+
+@pytest.mark.anyio
+async def test_claim_order_is_ready_time_then_enqueue_order(backend: SqliteBackend) -> None:
+    b = backend
+    await new_run(b, "late", now=NOW + 5)
+    await new_run(b, "first", now=NOW)
+    await new_run(b, "second", now=NOW)
+    await new_run(b, "future", now=NOW + 100)
+    order = []
+    while (claim := await b.claim_workflow_task(NOW + 10, 1000)) is not None:
+        order.append(claim.run.run_id)
+    assert order == ["first", "second", "late"]
+    claim = await b.claim_workflow_task(NOW + 100, 1000)
+    assert claim is not None and claim.run.run_id == "future"
+    claim = await b.claim_workflow_task(NOW + 1011, 1000)  # first's lease expired first
+    assert claim is not None and claim.run.run_id == "first"
+
+
+@pytest.mark.anyio
+async def test_fencing_of_a_stale_lease(backend: SqliteBackend) -> None:
+    b = backend
+    await new_run(b, "r1")
+    first = await b.claim_workflow_task(NOW, 10)
+    assert first is not None and first.history_length == 0
+    assert await b.claim_workflow_task(NOW + 5, 10) is None  # live lease
+    assert await b.renew_workflow_lease("r1", first.lease, NOW + 5, 10)  # now until NOW + 15
+    assert await b.claim_workflow_task(NOW + 14, 10) is None
+    second = await b.claim_workflow_task(NOW + 16, 10)  # expired: claimable again
+    assert second is not None and second.run.run_id == "r1" and second.lease > first.lease
+    assert [e.id for e in second.inbox] == [e.id for e in first.inbox]
+    stale = Commit(
+        "r1",
+        first.lease,
+        NOW + 17,
+        events=(started("r1"), ev.Activated(NOW + 17)),
+        inbox_upto=first.inbox[-1].id,
+        status=RunStatus.COMPLETED,
+        result=1,
+        steps=(StepTask("r1", 1, "s", []),),
+        timers=(Timer("r1", 2, NOW + 50),),
+        hooks=(HookReg("tok", 3, Delivery("r1", ev.HookConflict(3, "tok"))),),
+        deliveries=(Delivery("r1", ev.SignalReceived("x")),),
+    )
+    assert not await b.apply_commit(stale)
+    assert not await b.renew_workflow_lease("r1", first.lease, NOW + 17, 10)
+    rec = await b.get_run("r1")
+    assert rec is not None and rec.status is RunStatus.PENDING and rec.result is None
+    assert await b.read_history("r1") == []
+    assert await b.claim_step_tasks(NOW + 100, 10, 30) == []
+    assert await b.resume_hook("tok", None, NOW + 17) is None
+    st = await b.state(NOW + 17)
+    assert (st.timers, st.leased_workflow_tasks) == (0, 1)
+    assert await b.apply_commit(
+        Commit("r1", second.lease, NOW + 17, events=(started("r1"),), inbox_upto=99999)
+    )
+    assert await b.read_history("r1") == [started("r1")]
+    assert not await b.apply_commit(Commit("r1", second.lease, NOW + 18))  # released
+    assert await b.claim_workflow_task(NOW + 18, 10) is None  # inbox empty: not requeued
+
+
+@pytest.mark.anyio
+async def test_terminate_fences_out_an_inflight_activation(backend: SqliteBackend) -> None:
+    b = backend
+    await new_run(b, "r1", key="k")
+    claim = await b.claim_workflow_task(NOW, 30)
+    assert claim is not None
+    terminate = Commit(
+        "r1", None, NOW + 1, events=(ev.RunTerminated("bye"),), status=RunStatus.TERMINATED
+    )
+    assert await b.apply_commit(terminate)
+    assert not await b.apply_commit(Commit("r1", claim.lease, NOW + 2, status=RunStatus.RUNNING))
+    assert not await b.apply_commit(terminate)  # already closed
+    rec = await b.get_run("r1")
+    assert rec is not None and rec.status is RunStatus.TERMINATED and rec.closed_at == NOW + 1
+    assert await b.read_history("r1") == [ev.RunTerminated("bye")]
+    assert await b.claim_workflow_task(NOW + 100, 30) is None
+    assert (await b.create_run(record("r2", key="k"), (), NOW))[1]
+
+
+@pytest.mark.anyio
+async def test_closing_releases_key_hooks_steps_timers_and_inbox(backend: SqliteBackend) -> None:
+    b = backend
+    await new_run(b, "r1", key="k")
+    await claim_and_commit(
+        b,
+        "r1",
+        steps=(StepTask("r1", 1, "s", [1]),),
+        timers=(Timer("r1", 2, NOW + 60),),
+        hooks=(HookReg("tok", 3, Delivery("r1", ev.HookConflict(3, "tok"))),),
+    )
+    st = await b.state(NOW)
+    assert (st.ready_steps, st.timers, st.next_due) == (1, 1, NOW + 60)
+    assert await b.append_inbox("r1", [ev.SignalReceived("late")], NOW)
+    error = ErrorInfo("RuntimeError", "bad")
+    await claim_and_commit(b, "r1", status=RunStatus.FAILED, error=error)
+    rec = await b.get_run("r1")
+    assert rec is not None and rec.status is RunStatus.FAILED and rec.error == error
+    assert await b.claim_step_tasks(NOW, 10, 30) == []
+    assert await b.fire_due_timers(NOW + 1000) == 0
+    assert await b.resume_hook("tok", 1, NOW) is None
+    st = await b.state(NOW)
+    assert (st.ready_workflow_tasks, st.ready_steps, st.timers, st.next_due) == (0, 0, 0, None)
+    assert (await b.create_run(record("r2", key="k"), (), NOW))[1]
+
+
+@pytest.mark.anyio
+async def test_hook_token_uniqueness(backend: SqliteBackend) -> None:
+    b = backend
+    await new_run(b, "a")
+    await new_run(b, "b")
+    mine = Delivery("a", ev.HookConflict(4, "tok"))
+    await claim_and_commit(b, "a", hooks=(HookReg("tok", 4, mine),))
+    clash = Delivery("b", ev.HookConflict(7, "tok"))
+    await claim_and_commit(b, "b", hooks=(HookReg("tok", 7, clash),), dispose_hooks=("tok",))
+    claim = await b.claim_workflow_task(NOW, 30)  # b got the conflict; a kept the token
+    assert claim is not None and claim.run.run_id == "b"
+    assert [e.event for e in claim.inbox] == [ev.HookConflict(7, "tok")]
+    assert await b.apply_commit(Commit("b", claim.lease, NOW, inbox_upto=claim.inbox[-1].id))
+    assert await b.resume_hook("tok", {"p": 1}, NOW) == "a"
+    assert await b.resume_hook("nope", 1, NOW) is None
+    claim = await b.claim_workflow_task(NOW, 30)
+    assert claim is not None and claim.run.run_id == "a"
+    assert [e.event for e in claim.inbox] == [ev.HookReceived(4, {"p": 1})]
+    assert await b.apply_commit(
+        Commit("a", claim.lease, NOW, inbox_upto=claim.inbox[-1].id, dispose_hooks=("tok",))
+    )
+    assert await b.resume_hook("tok", 2, NOW) is None
+
+
+@pytest.mark.anyio
+async def test_a_token_closed_and_reopened_in_one_commit_moves(backend: SqliteBackend) -> None:
+    b = backend
+    await new_run(b, "a")
+    await claim_and_commit(b, "a", hooks=(HookReg("t", 1, Delivery("a", ev.HookConflict(1, "t"))),))
+    await b.append_inbox("a", [ev.SignalReceived("x")], NOW)
+    again = HookReg("t", 2, Delivery("a", ev.HookConflict(2, "t")))
+    await claim_and_commit(b, "a", hooks=(again,), dispose_hooks=("t",))
+    assert await b.resume_hook("t", "p", NOW) == "a"
+    claim = await b.claim_workflow_task(NOW, 30)
+    assert claim is not None and [e.event for e in claim.inbox] == [ev.HookReceived(2, "p")]
+
+
+@pytest.mark.anyio
+async def test_commit_effects_children_resumes_and_deliveries(backend: SqliteBackend) -> None:
+    b = backend
+    await new_run(b, "p")
+    await new_run(b, "holder", key="busy")
+    await new_run(b, "hooked")
+    await claim_and_commit(b, "p")
+    await claim_and_commit(b, "holder")
+    await claim_and_commit(
+        b, "hooked", hooks=(HookReg("h", 9, Delivery("hooked", ev.HookConflict(9, "h"))),)
+    )
+    child = record("p-c1", parent_run_id="p", parent_seq=1, key="fresh")
+    clash = record("p-c2", parent_run_id="p", parent_seq=2, key="busy")
+    again = record("holder")
+    await b.append_inbox("p", [ev.SignalReceived("go")], NOW)
+    claim = await b.claim_workflow_task(NOW, 30)
+    assert claim is not None and claim.run.run_id == "p"
+    commit = Commit(
+        "p",
+        claim.lease,
+        NOW,
+        inbox_upto=claim.inbox[-1].id,
+        new_runs=(
+            NewRun(
+                child,
+                (started("p-c1"),),
+                Delivery("p", ev.ChildStarted(1, "p-c1")),
+                Delivery("p", ev.ChildStartFailed(1, "fresh")),
+            ),
+            NewRun(
+                clash,
+                (started("p-c2"),),
+                Delivery("p", ev.ChildStarted(2, "p-c2")),
+                Delivery("p", ev.ChildStartFailed(2, "busy")),
+            ),
+            NewRun(again, (), Delivery("p", ev.ChildStarted(3, "x")), None),
+        ),
+        hook_resumes=(
+            HookResume(
+                "h",
+                [1],
+                Delivery("p", ev.HookResumeResult(4, True)),
+                Delivery("p", ev.HookResumeResult(4, False)),
+            ),
+            HookResume(
+                "none",
+                [2],
+                Delivery("p", ev.HookResumeResult(5, True)),
+                Delivery("p", ev.HookResumeResult(5, False)),
+            ),
+        ),
+        deliveries=(
+            Delivery("holder", ev.SignalReceived("hi", 3)),
+            Delivery("ghost", ev.SignalReceived("lost")),
+        ),
+    )
+    assert await b.apply_commit(commit)
+    assert await b.get_run("p-c2") is None
+    got: dict[str, list[Any]] = {}
+    while (c := await b.claim_workflow_task(NOW, 30)) is not None:
+        got[c.run.run_id] = [e.event for e in c.inbox]
+    assert got == {
+        "p-c1": [started("p-c1")],
+        "p": [
+            ev.ChildStarted(1, "p-c1"),
+            ev.ChildStartFailed(2, "busy"),
+            ev.HookResumeResult(4, True),
+            ev.HookResumeResult(5, False),
+        ],
+        "hooked": [ev.HookReceived(9, [1])],
+        "holder": [ev.SignalReceived("hi", 3)],
+    }
+    assert list(got) == ["p-c1", "hooked", "holder", "p"]  # enqueue order; p requeued last
+
+
+@pytest.mark.anyio
+async def test_step_tasks_lease_redelivery_and_exactly_once_outcome(
+    backend: SqliteBackend,
+) -> None:
+    b = backend
+    await new_run(b, "r1")
+    steps = tuple(StepTask("r1", seq, f"s{seq}", [seq], 1, NOW + (seq == 1)) for seq in (1, 2, 3))
+    await claim_and_commit(b, "r1", steps=steps)
+    first = await b.claim_step_tasks(NOW + 1, 2, 10)
+    assert [(t.seq, t.args, t.name) for t in first] == [(2, [2], "s2"), (3, [3], "s3")]
+    assert len({t.lease for t in first}) == 2 and all(t.lease > 0 for t in first)
+    rest = await b.claim_step_tasks(NOW + 1, 10, 10)
+    assert [t.seq for t in rest] == [1]
+    assert await b.claim_step_tasks(NOW + 5, 10, 10) == []  # all leased
+    assert await b.heartbeat_step("r1", 2, first[0].lease, NOW + 5, 10)  # until NOW + 15
+    again = await b.claim_step_tasks(NOW + 12, 10, 10)  # 1 and 3 expired at NOW + 11
+    assert sorted(t.seq for t in again) == [1, 3]
+    old3 = first[1]
+    new3 = next(t for t in again if t.seq == 3)
+    assert new3.lease != old3.lease
+    assert not await b.heartbeat_step("r1", 3, old3.lease, NOW + 12, 10)
+    assert not await b.finish_step("r1", 3, old3.lease, ev.StepCompleted(3, "stale"), NOW + 12)
+    assert not await b.retry_step("r1", 3, old3.lease, 2, NOW + 20)
+    assert await b.finish_step("r1", 3, new3.lease, ev.StepCompleted(3, "ok"), NOW + 12)
+    assert not await b.finish_step("r1", 3, new3.lease, ev.StepCompleted(3, "dup"), NOW + 12)
+    new1 = next(t for t in again if t.seq == 1)
+    assert await b.retry_step("r1", 1, new1.lease, 2, NOW + 30)
+    assert await b.claim_step_tasks(NOW + 14, 10, 10) == []
+    st = await b.state(NOW + 13)
+    assert (st.ready_steps, st.leased_steps, st.next_due) == (0, 1, NOW + 15)
+    assert await b.finish_step("r1", 2, first[0].lease, ev.StepFailed(2, ErrorInfo("E", "m")), NOW)
+    st = await b.state(NOW + 13)
+    assert (st.ready_steps, st.leased_steps, st.next_due) == (0, 0, NOW + 30)
+    assert await b.claim_step_tasks(NOW + 29, 10, 10) == []
+    [retried] = await b.claim_step_tasks(NOW + 30, 10, 10)
+    assert (retried.seq, retried.attempt, retried.ready_at) == (1, 2, NOW + 30)
+    claim = await b.claim_workflow_task(NOW + 30, 30)
+    assert claim is not None
+    assert [e.event for e in claim.inbox] == [
+        ev.StepCompleted(3, "ok"),
+        ev.StepFailed(2, ErrorInfo("E", "m")),
+    ]
+
+
+@pytest.mark.anyio
+async def test_timers_fire_in_order_once_and_can_be_cancelled(backend: SqliteBackend) -> None:
+    b = backend
+    await new_run(b, "r1")
+    timers = (Timer("r1", 1, NOW + 30), Timer("r1", 2, NOW + 10), Timer("r1", 3, NOW + 10))
+    await claim_and_commit(b, "r1", timers=timers)
+    await b.append_inbox("r1", [ev.SignalReceived("x")], NOW)
+    await claim_and_commit(b, "r1", timers=(Timer("r1", 4, NOW + 20),), cancel_timers=(1,))
+    st = await b.state(NOW)
+    assert (st.timers, st.next_due) == (3, NOW + 10)
+    assert await b.fire_due_timers(NOW + 9) == 0
+    assert await b.fire_due_timers(NOW + 25, limit=2) == 2
+    assert await b.fire_due_timers(NOW + 25) == 1
+    assert await b.fire_due_timers(NOW + 1000) == 0
+    claim = await b.claim_workflow_task(NOW + 25, 30)
+    assert claim is not None
+    assert [e.event for e in claim.inbox] == [ev.TimerFired(2), ev.TimerFired(3), ev.TimerFired(4)]
+
+
+@pytest.mark.anyio
+async def test_state_counts_and_next_due(backend: SqliteBackend) -> None:
+    b = backend
+    st = await b.state(NOW)
+    assert st == type(st)(0, 0, 0, 0, 0, None)
+    await new_run(b, "a")
+    await new_run(b, "b", now=NOW + 50)
+    assert await b.claim_workflow_task(NOW, 20) is not None
+    st = await b.state(NOW)
+    assert (st.ready_workflow_tasks, st.leased_workflow_tasks, st.next_due) == (0, 1, NOW + 20)
+    st = await b.state(NOW + 30)  # a's lease expired: ready again
+    assert (st.ready_workflow_tasks, st.leased_workflow_tasks, st.next_due) == (1, 0, NOW + 50)
+
+
+@pytest.mark.anyio
+async def test_blocked_run_requeue(backend: SqliteBackend) -> None:
+    b = backend
+    await new_run(b, "r1")
+    claim = await b.claim_workflow_task(NOW, 30)
+    assert claim is not None
+    block = Commit(
+        "r1", claim.lease, NOW, status=RunStatus.BLOCKED, block_reason="why", requeue=False
+    )
+    assert await b.apply_commit(block)
+    rec = await b.get_run("r1")
+    assert rec is not None and rec.status is RunStatus.BLOCKED and rec.block_reason == "why"
+    assert await b.claim_workflow_task(NOW, 30) is None
+    assert [r.run_id for r in await b.list_runs(status=RunStatus.BLOCKED)] == ["r1"]
+    assert await b.requeue_workflow_task("r1", NOW + 1)
+    claim = await b.claim_workflow_task(NOW + 1, 30)
+    assert claim is not None and [e.event for e in claim.inbox] == [started("r1")]
+    assert await b.apply_commit(Commit("r1", claim.lease, NOW + 1, status=RunStatus.RUNNING))
+    rec = await b.get_run("r1")
+    assert rec is not None and rec.block_reason is None and rec.status is RunStatus.RUNNING
+
+
+# -- threads, waiting, several backend objects ---------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_sqlite_work_runs_off_the_event_loop_thread(file_backend: SqliteBackend) -> None:
+    threads: set[int] = set()
+    store = file_backend._store
+    original = store.write
+
+    def spy(fn: Any, *args: Any) -> Any:
+        threads.add(threading.get_ident())
+        return original(fn, *args)
+
+    store.write = spy  # type: ignore[method-assign]
+    await new_run(file_backend, "r1")
+    assert await file_backend.claim_workflow_task(NOW, 30) is not None
+    assert len(threads) == 1 and threading.get_ident() not in threads
+
+
+@pytest.mark.anyio
+async def test_wait_returns_on_local_change_and_polls_a_file(file_backend: SqliteBackend) -> None:
+    t0 = time.monotonic()
+    await file_backend.wait(10)  # a file may change under us: bounded by the poll interval
+    assert time.monotonic() - t0 < POLL_SECONDS + 0.5
+    memory = SqliteBackend("sqlite://:memory:")
+    t0 = time.monotonic()
+    await memory.wait(0.2)  # nothing else can write an in-memory database: no polling
+    assert time.monotonic() - t0 >= 0.19
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(memory.wait, 30)
+        await anyio.sleep(0.01)
+        t0 = time.monotonic()
+        memory.notify()
+    assert time.monotonic() - t0 < 5  # woken, not timed out
+    await memory.close()
+
+
+@pytest.mark.anyio
+async def test_wait_does_not_miss_a_change_made_while_looking(file_backend: SqliteBackend) -> None:
+    async def other_task_changes() -> None:
+        await new_run(file_backend, "r1")
+
+    await file_backend.get_run("r1")  # look...
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other_task_changes)
+    t0 = time.monotonic()
+    await file_backend.wait(10)  # ...the change landed before we waited: return at once
+    assert time.monotonic() - t0 < 0.5
+
+
+@pytest.mark.anyio
+async def test_a_tasks_own_change_does_not_cut_its_wait_short() -> None:
+    memory = SqliteBackend("sqlite://:memory:")
+    await new_run(memory, "r1")  # notifies, from this very task
+    memory.notify()
+    t0 = time.monotonic()
+    await memory.wait(0.1)  # as on the memory backend: nothing new for *this* task
+    assert time.monotonic() - t0 >= 0.09
+    await memory.close()
+
+
+@pytest.mark.anyio
+async def test_two_backend_objects_on_one_file_see_each_other_at_once(db_path: Path) -> None:
+    a, b = SqliteBackend(url_of(db_path)), SqliteBackend(url_of(db_path))
+    try:
+        assert await a.claim_workflow_task(NOW, 30) is None
+        assert await a.claim_step_tasks(NOW, 5, 30) == []
+        assert await a.fire_due_timers(NOW) == 0
+        await new_run(b, "r1")
+        claim = await a.claim_workflow_task(NOW, 30)
+        assert claim is not None
+        timer = Timer("r1", 1, NOW)
+        assert await a.apply_commit(
+            Commit("r1", claim.lease, NOW, steps=(StepTask("r1", 2, "s", []),), timers=(timer,))
+        )
+        assert await b.fire_due_timers(NOW) == 1
+        assert len(await b.claim_step_tasks(NOW, 5, 30)) == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.anyio
+async def test_claims_skip_the_database_only_when_nothing_can_be_found(
+    file_backend: SqliteBackend,
+) -> None:
+    b = file_backend
+    store = b._store
+    looks: list[str] = []
+    original = store.claim
+
+    def spy(fn: Any, *args: Any) -> Any:
+        looks.append(fn.__name__)
+        return original(fn, *args)
+
+    store.claim = spy  # type: ignore[method-assign]
+    assert await b.claim_workflow_task(NOW, 30) is None
+    assert await b.claim_workflow_task(NOW + 1, 30) is None  # known idle: not asked
+    assert looks == ["claim_workflow_task"]
+    await new_run(b, "r1", now=NOW + 5)  # a local write: ask again
+    assert await b.claim_workflow_task(NOW + 1, 30) is None  # not ready before NOW + 5
+    assert await b.claim_workflow_task(NOW + 4, 30) is None  # known: not asked
+    claim = await b.claim_workflow_task(NOW + 5, 30)
+    assert claim is not None
+    assert looks == ["claim_workflow_task"] * 3
+    assert await b.claim_workflow_task(NOW + 34, 30) is None  # leased until NOW + 35
+    assert len(looks) == 3
+    again = await b.claim_workflow_task(NOW + 35, 30)  # the lease expired: redelivered
+    assert again is not None and again.lease > claim.lease
+
+
+@pytest.mark.anyio
+async def test_a_locked_database_raises_backend_error(db_path: Path) -> None:
+    b = SqliteBackend(url_of(db_path, "busy_timeout=50"))
+    await b.open()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(BackendError, match="locked"):
+            await new_run(b, "r1")
+        assert await b.get_run("r1") is None  # readers are not blocked in WAL mode
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await new_run(b, "r1")
+    await b.close()
+
+
+@pytest.mark.anyio
+async def test_works_without_an_asyncio_loop_too(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under another event loop (trio) results come back through an anyio worker thread."""
+    monkeypatch.setattr(schema, "_asyncio_loop", lambda: None)
+    b = SqliteBackend(url_of(db_path))
+    await new_run(b, "r1")
+    claim = await b.claim_workflow_task(NOW, 30)
+    assert claim is not None and claim.run.run_id == "r1"
+    await b.close()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_caller_leaves_the_backend_usable(backend: SqliteBackend) -> None:
+    with anyio.move_on_after(0):
+        await new_run(backend, "r1")
+    await new_run(backend, "r2")
+    runs = {r.run_id for r in await backend.list_runs()}
+    assert "r2" in runs
+
+
+# -- several processes -----------------------------------------------------------------------
+
+
+CLAIMER = """
+import asyncio, json, os, sys, time
+from plait.backends.sqlite import SqliteBackend
+
+async def main(url, go, out):
+    b = SqliteBackend(url)
+    await b.open()
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    runs, steps = [], []
+    while True:
+        claim = await b.claim_workflow_task(1000.0, 1e6)
+        tasks = await b.claim_step_tasks(1000.0, 3, 1e6)
+        if claim is not None:
+            runs.append([claim.run.run_id, claim.lease])
+        steps.extend([t.run_id, t.seq, t.lease] for t in tasks)
+        if claim is None and not tasks:
+            break
+    await b.close()
+    with open(out, "w") as f:
+        json.dump({"runs": runs, "steps": steps}, f)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def _spawn(code: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err.decode()[-3000:]
+
+
+@pytest.mark.anyio
+async def test_processes_sharing_a_file_never_claim_the_same_task(tmp_path: Path) -> None:
+    url = url_of(tmp_path / "shared.db")
+    b = SqliteBackend(url)
+    n = 60
+    for i in range(n):
+        await new_run(b, f"r{i:03}")
+    for i in range(n):  # give every run two steps, then queue its workflow task again
+        steps = (StepTask(f"r{i:03}", 1, "s", []), StepTask(f"r{i:03}", 2, "s", []))
+        await claim_and_commit(b, f"r{i:03}", steps=steps)
+    for i in range(n):
+        assert await b.append_inbox(f"r{i:03}", [ev.SignalReceived("again")], NOW)
+    await b.close()
+    go = tmp_path / "go"
+    outs = [tmp_path / f"out{k}.json" for k in range(4)]
+    procs = [_spawn(CLAIMER, url, str(go), str(out)) for out in outs]
+    await anyio.sleep(1.0)  # let them start and open the file
+    go.touch()
+    for p in procs:
+        await anyio.to_thread.run_sync(_finish, p)
+    results = [json.loads(out.read_text()) for out in outs]
+    runs = [r[0] for res in results for r in res["runs"]]
+    steps = [(s[0], s[1]) for res in results for s in res["steps"]]
+    leases = [s[2] for res in results for s in res["steps"]]
+    assert sorted(runs) == [f"r{i:03}" for i in range(n)]  # each exactly once
+    assert sorted(steps) == sorted((f"r{i:03}", seq) for i in range(n) for seq in (1, 2))
+    assert len(set(leases)) == len(leases)
+
+
+SECOND_PROCESS_WRITER = """
+import asyncio, sys
+from plait.backends.base import RunRecord
+from plait.backends.sqlite import SqliteBackend
+from plait.kernel import events as ev
+from plait.kernel.status import RunStatus
+
+async def main(url):
+    b = SqliteBackend(url)
+    rec = RunRecord(run_id="remote", workflow="wf", status=RunStatus.PENDING, created_at=1000.0)
+    assert (await b.create_run(rec, (ev.CancelRequested("hi"),), 1000.0))[1]
+    await b.close()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.anyio
+async def test_changes_of_another_process_are_seen_within_the_poll_interval(
+    db_path: Path,
+) -> None:
+    b = SqliteBackend(url_of(db_path))
+    try:
+        assert await b.claim_workflow_task(NOW, 30) is None  # this process now believes idle
+        await anyio.to_thread.run_sync(_finish, _spawn(SECOND_PROCESS_WRITER, url_of(db_path)))
+        t0 = time.monotonic()
+        claim = None
+        while claim is None and time.monotonic() - t0 < 5:
+            await b.wait(1.0)
+            claim = await b.claim_workflow_task(NOW, 30)
+        assert claim is not None and claim.run.run_id == "remote"
+        assert time.monotonic() - t0 < POLL_SECONDS + 0.5
+    finally:
+        await b.close()
+
+
+WORKER_PROCESS = """
+import anyio, os, sys
+import plait
+
+LOG = sys.argv[2]
+
+@plait.step(name="mp.work")
+async def work(run: str, i: int) -> int:
+    with open(LOG, "a") as f:
+        f.write(f"{run}:{i}\\n")
+    return i
+
+@plait.workflow(name="mp.child")
+async def child(n: int) -> int:
+    return await work(plait.info().run_id, n)
+
+@plait.workflow(name="mp.flow")
+async def flow(n: int) -> int:
+    a = await work(plait.info().run_id, 0)
+    await plait.sleep(0.05)
+    kids = await plait.all(*(plait.child(child, i) for i in range(n)))
+    return a + sum(kids)
+
+async def main(url, stop):
+    async with plait.Engine(url) as engine:
+        async with engine.worker(concurrency=8, poll_interval=0.05):
+            while not os.path.exists(stop):
+                await anyio.sleep(0.02)
+
+anyio.run(main, sys.argv[1], sys.argv[3])
+"""
+
+
+@pytest.mark.anyio
+async def test_two_worker_processes_share_one_file(tmp_path: Path) -> None:
+    url = url_of(tmp_path / "mp.db")
+    stop = tmp_path / "stop"
+    logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
+    async with plait.Engine(url) as engine:
+        handles = [await engine.start("mp.flow", 3) for _ in range(12)]
+        procs = [_spawn(WORKER_PROCESS, url, str(log), str(stop)) for log in logs]
+        try:
+            with anyio.fail_after(90):
+                results = [await h.result() for h in handles]
+        finally:
+            stop.touch()
+            for p in procs:
+                await anyio.to_thread.run_sync(_finish, p)
+        assert results == [0 + 0 + 1 + 2] * 12
+        runs = [r async for r in engine.list_runs()]
+        assert len(runs) == 12 * 4 and all(r.status is RunStatus.COMPLETED for r in runs)
+    lines = [line for log in logs if log.exists() for line in log.read_text().splitlines()]
+    assert len(lines) == len(set(lines)) == 12 * 4  # no step ran twice (leases are long)
+
+
+# -- end to end ----------------------------------------------------------------------------------
+
+
+@plait.step(name="sqlite_e2e.fetch")
+async def fetch(doc_id: str) -> str:
+    return doc_id * 3
+
+
+@plait.workflow(name="sqlite_e2e.process")
+async def process(doc_id: str) -> dict[str, Any]:
+    text = await fetch(doc_id)
+    await plait.sleep(0.01)
+    return {"doc": doc_id, "n": len(text)}
+
+
+@plait.workflow(name="sqlite_e2e.batch")
+async def batch(ids: list[str]) -> dict[str, Any]:
+    results = await plait.all(*(plait.child(process, i, key=f"doc-{i}") for i in ids))
+    return {"processed": len(results), "r": results}
+
+
+@pytest.mark.anyio
+async def test_engine_and_worker_end_to_end(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    ids = ["a", "bb", "ccc", "dddd"]
+    async with plait.Engine(url) as engine:
+        handle = await engine.start(batch, ids)
+        async with engine.worker([batch, process], [fetch], poll_interval=0.05):
+            with anyio.fail_after(30):
+                result = await handle.result()
+        assert result == {
+            "processed": 4,
+            "r": [{"doc": i, "n": 3 * len(i)} for i in ids],
+        }
+        children = [r async for r in engine.list_runs(parent=handle.run_id)]
+        assert sorted(c.key or "" for c in children) == [f"doc-{i}" for i in ids]
+        assert all(c.status is RunStatus.COMPLETED for c in children)
+    async with plait.Engine(url) as engine:  # reopened: everything is still there
+        history = await engine.history(handle.run_id)
+        assert isinstance(history[0], ev.RunStarted) and isinstance(history[-1], ev.RunCompleted)
+
+
+def test_plait_run_on_sqlite(tmp_path: Path) -> None:
+    result = plait.run(
+        batch,
+        ["x", "yy"],
+        backend=f"sqlite:///{tmp_path}/run.db",
+        timeout=30,
+        workflows=[batch, process],
+        steps=[fetch],
+    )
+    assert result["processed"] == 2
+
+
+@plait.step(name="sqlite_diff.double", retry=plait.RetryPolicy(max_attempts=3, initial_interval=2))
+async def double(x: int) -> int:
+    if plait.step_info().attempt == 1 and x % 2 == 1:
+        raise RuntimeError("flaky")
+    return 2 * x
+
+
+@plait.workflow(name="sqlite_diff.child")
+async def diff_child(i: int) -> int:
+    value = await double(i)
+    await plait.sleep(1 + i)
+    return value
+
+
+@plait.workflow(name="sqlite_diff.waiter")
+async def waiter() -> str:
+    await plait.sleep(3600)
+    return "late"
+
+
+@plait.workflow(name="sqlite_diff.parent")
+async def diff_parent(n: int) -> dict[str, Any]:
+    values = await plait.all(*(plait.child(diff_child, i, key=f"c-{i}") for i in range(n)))
+    holder = await plait.start_child(waiter, key="w")
+    try:
+        await plait.child(diff_child, 99, key="w")
+        conflict = False
+    except plait.KeyConflict:
+        conflict = True
+    payload = await plait.hook("tok")
+    signal = await plait.signal("go")
+    try:
+        await plait.wait_for(plait.sleep(100), 5)
+        timed_out = False
+    except plait.Timeout:
+        timed_out = True
+    return {
+        "values": values,
+        "conflict": conflict,
+        "payload": payload,
+        "signal": signal,
+        "timed_out": timed_out,
+        "holder": holder.run_id,
+    }
+
+
+async def _scenario(url: str) -> tuple[Any, list[Any]]:
+    workflows, steps = [diff_parent, diff_child, waiter], [double]
+    async with TimeSkippingEnvironment(url, workflows, steps, seed="same") as env:
+        handle = await env.start(diff_parent, 4)
+        await env.sleep(30)
+        await env.resume_hook("tok", {"x": 1})
+        await env.signal(handle.run_id, "go", 7)
+        result = await handle.result()
+        cancelled = await env.start(waiter)
+        await env.sleep(1)
+        await env.cancel(cancelled.run_id)
+        await env.sleep(1)
+        terminated = await env.start(waiter)
+        await env.sleep(1)
+        await env.terminate(terminated.run_id, "bye")
+        runs = []
+        async for r in env.list_runs():
+            runs.append((r, await env.history(r.run_id)))
+        return result, runs
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("where", ["file", "memory"])
+async def test_same_histories_as_the_memory_backend(tmp_path: Path, where: str) -> None:
+    url = url_of(tmp_path / "diff.db") if where == "file" else "sqlite://:memory:"
+    expected = await _scenario("memory://")
+    got = await _scenario(url)
+    assert got[0] == expected[0]
+    assert got[0]["conflict"] and got[0]["timed_out"] and got[0]["values"] == [0, 2, 4, 6]
+    assert [r for r, _ in got[1]] == [r for r, _ in expected[1]]
+    for (run, history), (_, want) in zip(got[1], expected[1], strict=True):
+        assert history == want, run.run_id
+    assert {r.status for r, _ in got[1]} >= {RunStatus.CANCELLED, RunStatus.TERMINATED}
