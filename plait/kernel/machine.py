@@ -186,6 +186,9 @@ class Machine:
 
     # -- public ------------------------------------------------------------------------------
 
+    started_children = 0
+    """How many children the code started (the runtime skips parent-close work when 0)."""
+
     @property
     def closed(self) -> bool:
         return self.status is not RunStatus.RUNNING
@@ -516,6 +519,7 @@ class Machine:
         assert isinstance(c, cmd.StartChild)
         op = ChildOp(c.seq, c.child_run_id, key, hint)
         self._ops[c.seq] = op
+        self.started_children += 1
         return op
 
     def cancel_child(self, op: ChildOp) -> None:

@@ -101,15 +101,18 @@ class Engine:
         id_seed: str | None = None,
         max_payload_bytes: int = 2 * 1024 * 1024,
         observers: Observers | None = None,
+        close_poll_interval: float = 0.25,
     ) -> None:
         self.backend: Backend = backend_from_url(backend) if isinstance(backend, str) else backend
         self.clock: Clock = clock or RealClock()
         self.max_payload_bytes = max_payload_bytes
+        self.close_poll_interval = close_poll_interval
         self.observers = observers or Observers()
         self._id_seed = id_seed
         self._ids = 0
         self._driver: _Driver | None = None
         self._opened = 0
+        self._closed_waiters: dict[str, anyio.Event] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -261,6 +264,7 @@ class Engine:
         )
         if not await self.backend.apply_commit(commit):
             return False
+        self.run_closed(run_id)
         await self.apply_parent_close(run_id)
         return True
 
@@ -283,24 +287,34 @@ class Engine:
 
     # -- waiting -------------------------------------------------------------------------------
 
+    def run_closed(self, run_id: str) -> None:
+        """Wake local ``result()`` waiters of ``run_id`` (workers call this after closing it)."""
+        event = self._closed_waiters.pop(run_id, None)
+        if event is not None:
+            event.set()
+
     async def _wait_closed(self, run_id: str, timeout: float | None) -> RunRecord:
         if self._driver is not None:
             return await self._driver.wait_closed(run_id, timeout)
         deadline = None if timeout is None else anyio.current_time() + timeout
         while True:
+            event = self._closed_waiters.setdefault(run_id, anyio.Event())
             rec = await self.get_run(run_id)
             if rec.status is RunStatus.CONTINUED_AS_NEW and rec.continued_to:
                 run_id = rec.continued_to
                 continue
             if rec.closed:
                 return rec
-            wait = 0.5
+            # Woken at once by a worker of this engine; runs closed by other processes are
+            # seen by polling at a bounded interval.
+            wait = self.close_poll_interval
             if deadline is not None:
                 left = deadline - anyio.current_time()
                 if left <= 0:
                     raise Timeout(f"run {run_id} did not close within {timeout}s")
                 wait = min(wait, left)
-            await self.backend.wait(wait)
+            with anyio.move_on_after(wait):
+                await event.wait()
 
     # -- workers -------------------------------------------------------------------------------
 

@@ -224,7 +224,9 @@ class Worker:
         m = self._cache.pop(run_id, None)
         if m is not None and len(m.history) == claim.history_length:
             return m
-        self.stats["replays"] += 1
+        self.stats["replays"] += 1  # a machine rebuilt (not from the sticky cache)
+        if claim.history_length == 0:
+            return Machine(wf)  # a new run: nothing to read or replay
         return Machine(wf, await self.backend.read_history(run_id))
 
     async def activate(self, claim: ClaimedRun) -> None:
@@ -276,7 +278,8 @@ class Worker:
             for e in machine.new_events:
                 self.engine.observers.run_event(run.run_id, run.workflow, e)
         if machine.closed:
-            if machine.status is not RunStatus.CONTINUED_AS_NEW:
+            self.engine.run_closed(run.run_id)
+            if machine.status is not RunStatus.CONTINUED_AS_NEW and machine.started_children:
                 await self.engine.apply_parent_close(run.run_id)
         else:
             self._remember(run.run_id, machine)
