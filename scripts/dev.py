@@ -6,7 +6,10 @@
 
 Both commands create `.venv` in the repository root when it is missing and (re)install the
 project editable with the `all` and `dev` extras whenever pyproject.toml changed since the last
-install (its hash is kept in `.venv/.plait-installed`).
+install (its hash is kept in `.venv/.plait-installed`). `test` also installs the example
+third-party backend `docs/examples/plait-jsonfile` (re-installed whenever its files change; hash
+in `.venv/.plait-jsonfile-installed`) and requires it, so the conformance and end-to-end suites
+run against a backend found only through its entry point.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ VENV = ROOT / ".venv"
 MARKER = VENV / ".plait-installed"
 PYPROJECT = ROOT / "pyproject.toml"
 EXTRAS = "all,dev"
+EXAMPLE_BACKEND = ROOT / "docs" / "examples" / "plait-jsonfile"
+EXAMPLE_MARKER = VENV / ".plait-jsonfile-installed"
 LINT_DIRS = ("plait", "tests", "benchmarks", "scripts")
 
 if sys.version_info < (3, 11):  # noqa: UP036 - this script must explain itself on old Pythons
@@ -116,6 +121,44 @@ def ensure_env() -> None:
     MARKER.write_text(digest + "\n")
 
 
+def example_backend_hash() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(EXAMPLE_BACKEND.rglob("*")):
+        rel = path.relative_to(EXAMPLE_BACKEND)
+        skip = {"__pycache__", "build", "dist"} & set(rel.parts) or rel.suffix == ".pyc"
+        if path.is_file() and not skip and not any(p.endswith(".egg-info") for p in rel.parts):
+            digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def ensure_example_backend() -> bool:
+    """Install the example third-party backend when its files changed; False if absent."""
+    if not (EXAMPLE_BACKEND / "pyproject.toml").is_file():
+        return False
+    digest = example_backend_hash()
+    try:
+        installed = EXAMPLE_MARKER.read_text().strip()
+    except FileNotFoundError:
+        installed = ""
+    if installed != digest:
+        heading(f"installing {EXAMPLE_BACKEND.relative_to(ROOT)} into {VENV.relative_to(ROOT)}")
+        run(
+            [
+                bin_path("python"),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--force-reinstall",
+                EXAMPLE_BACKEND,
+            ],
+            "pip install plait-jsonfile",
+        )
+        EXAMPLE_MARKER.write_text(digest + "\n")
+    return True
+
+
 def cmd_demo(args: list[str]) -> None:
     ensure_env()
     plait = bin_path("plait")
@@ -140,9 +183,15 @@ def cmd_test(args: list[str]) -> None:
     else:
         fail("plait/kernel does not exist; nothing for mypy to check")
 
+    env = dict(os.environ)
+    if ensure_example_backend():
+        # tests/conformance/test_jsonfile.py must run, never be skipped.
+        required = [b for b in env.get("PLAIT_REQUIRE_BACKENDS", "").split(",") if b.strip()]
+        env["PLAIT_REQUIRE_BACKENDS"] = ",".join(dict.fromkeys([*required, "jsonfile"]))
+
     pytest_args = args or ["-q"]
     heading(f"pytest {' '.join(pytest_args)}")
-    rc = subprocess.call([os.fspath(bin_path("pytest")), *pytest_args], cwd=ROOT)
+    rc = subprocess.call([os.fspath(bin_path("pytest")), *pytest_args], cwd=ROOT, env=env)
     if rc == 5:
         fail("pytest collected no tests (exit code 5)", 5)
     if rc != 0:
