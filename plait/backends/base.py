@@ -19,6 +19,9 @@ from ..kernel.events import Event
 from ..kernel.status import CLOSED_STATUSES, RunStatus
 
 __all__ = [
+    "CLOSED_STATUSES",
+    "ErrorInfo",
+    "RunStatus",
     "Backend",
     "RunRecord",
     "Delivery",
@@ -159,6 +162,15 @@ class Commit:
     ``apply_commit`` returns False. ``lease=None`` forces the commit (terminate): it fences out
     any in-flight activation. Closing a run (``status`` in ``CLOSED_STATUSES``) also releases
     its key and hook tokens and drops its pending step tasks, timers and workflow task.
+
+    Effects apply in this order, which is observable: events appended; inbox prefix up to
+    ``inbox_upto`` consumed; record fields updated (``status``, ``result``, ``error`` and
+    ``continued_to`` only when given; ``block_reason`` always, so a commit without one clears
+    it); steps and timers added, ``cancel_timers`` removed; ``dispose_hooks`` released, then
+    ``hooks`` registered (so a token closed and reopened in one activation moves to the new
+    hook); if closing, pending work dropped and key and tokens released (so a continue-as-new
+    run below can take the key); ``new_runs`` created; ``hook_resumes``; ``deliveries`` (those
+    to a closed run are dropped); lease released; the run requeued if its inbox is not empty.
     """
 
     run_id: str

@@ -35,7 +35,7 @@ from plait.backends._notify import Notifier
 
 # ErrorInfo and RunStatus are the types of RunRecord's fields; base.py imports them from the
 # kernel, so the records' module is the one place a backend needs to know.
-from plait.backends.base import (  # type: ignore[attr-defined,unused-ignore]
+from plait.backends.base import (
     BackendError,
     BackendState,
     ClaimedRun,
