@@ -133,7 +133,14 @@ def build_commit(
         elif isinstance(c, cmd.CreateHook):
             hooks.append(HookReg(c.token, c.seq, Delivery(run_id, ev.HookConflict(c.seq, c.token))))
         elif isinstance(c, cmd.DisposeHook):
-            dispose.append(c.token)
+            # A hook opened and closed in this same activation is never registered, so no
+            # HookConflict can reach a disposed hook; backends apply the remaining disposals
+            # (of hooks from earlier commits) before registrations, so a token closed and
+            # opened again in one activation moves to the new hook.
+            if any(h.seq == c.hook_seq for h in hooks):
+                hooks = [h for h in hooks if h.seq != c.hook_seq]
+            else:
+                dispose.append(c.token)
         elif isinstance(c, cmd.RecordPatch):
             pass
         elif isinstance(c, cmd.CompleteRun):

@@ -17,7 +17,9 @@ async def double(x: int) -> int:
     return x * 2
 
 
-@plait.step(retry=plait.RetryPolicy(max_attempts=4, initial_interval=600, backoff=2, max_interval=3600))
+@plait.step(
+    retry=plait.RetryPolicy(max_attempts=4, initial_interval=600, backoff=2, max_interval=3600)
+)
 async def flaky(name: str) -> str:
     CALLS[name] = CALLS.get(name, 0) + 1
     if CALLS[name] < 3:
