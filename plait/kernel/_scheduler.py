@@ -8,6 +8,7 @@ the same history always runs the code in the same order.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
@@ -110,7 +111,13 @@ class Task:
     def step(self, exc: BaseException | None) -> None:
         if self.future.done():
             return
-        if self.cancel_pending and exc is None:
+        # A cancel that arrives before the code ran is delivered at its first await (below),
+        # so the workflow still gets the chance to clean up.
+        if (
+            self.cancel_pending
+            and exc is None
+            and inspect.getcoroutinestate(self.coro) != inspect.CORO_CREATED
+        ):
             self.cancel_pending = False
             exc = Cancelled()
         try:

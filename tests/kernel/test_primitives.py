@@ -717,10 +717,12 @@ def test_cancel_then_return_completes() -> None:
     assert run.status is k.RunStatus.COMPLETED
 
 
-def test_cancel_in_the_first_batch_cancels_before_any_code_runs() -> None:
+def test_cancel_in_the_first_batch_reaches_the_first_await() -> None:
+    # Like Temporal: the code starts, sees Cancelled at its first await and may clean up.
     m = k.Machine(cleans_up)
     assert m.activate([started(cleans_up, True), ev.CancelRequested()], time=T0) == [
-        cmd.CancelRun(1)
+        cmd.ScheduleStep(1, fetch.name, ["work"]),
+        cmd.ScheduleStep(2, fetch.name, ["cleanup"]),
     ]
 
 
@@ -1009,3 +1011,28 @@ def test_meta_events_after_close_replay() -> None:
     history = [*run.history, ev.ParentClosePolicyFailed("c", "terminate", "gone")]
     m = k.Machine(one_step, history)
     assert (m.status, m.result, m.history) == (k.RunStatus.COMPLETED, "aa!", history)
+
+
+@k.workflow
+async def cleans_up_even_if_cancelled_at_once() -> str:
+    try:
+        await k.sleep(10)
+    except k.Cancelled:
+        await _cleanup_step("early")
+        raise
+    return "slept"
+
+
+@k.step
+async def _cleanup_step(why: str) -> str:
+    raise AssertionError("steps never run inside the kernel")
+
+
+def test_cancel_before_the_first_activation_still_reaches_the_first_await() -> None:
+    m = k.Machine(cleans_up_even_if_cancelled_at_once)
+    first = ev.RunStarted(run_id="r", workflow=cleans_up_even_if_cancelled_at_once.name, args=[])
+    commands = m.activate([first, ev.CancelRequested("at once")], 0.0)
+    kinds = [type(c).__name__ for c in commands]
+    assert kinds == ["StartTimer", "CancelTimer", "ScheduleStep"]
+    m.activate([ev.StepCompleted(3, "ok")], 1.0)
+    assert m.status == "cancelled"
