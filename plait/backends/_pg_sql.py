@@ -1,0 +1,698 @@
+"""The postgres backend's schema: tables, indexes and PL/pgSQL functions, one string per schema
+version (``_pg_schema.MIGRATIONS`` applies them in order).
+
+Each protocol call runs as one statement or one function call, so as one transaction.
+
+Locking discipline (so that concurrent transactions do not deadlock in the common cases): a
+transaction that touches a run's rows (inbox, steps, timers, hooks) locks the run's row in
+``runs`` first; batches lock all their runs up front, in run id order. Every inbox row of a run
+is inserted while holding that lock, so an inbox id a claimer has not seen is always larger
+than every id it has seen (``inbox_upto`` is safe). Claims and timer firing skip locked rows.
+Two runs delivering to each other in separate batches can still deadlock; PostgreSQL rolls one
+back and the client retries it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["V1"]
+
+# -- schema version 1 -----------------------------------------------------------------------
+# {s} is the quoted schema, {chan} the NOTIFY channel (a literal; the schema name is
+# validated, so it needs no escaping). Never edit a released version; append a new one.
+
+V1 = r"""
+CREATE TABLE {s}.schema_version (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Enqueue order of workflow tasks, step tasks and timers (ties of ready time break on it),
+-- and the lease tokens of step tasks.
+CREATE SEQUENCE {s}.task_order;
+CREATE SEQUENCE {s}.step_lease;
+
+CREATE TABLE {s}.runs (
+    run_id text PRIMARY KEY,
+    created_seq bigint GENERATED ALWAYS AS IDENTITY,
+    workflow text NOT NULL,
+    status text NOT NULL,
+    closed boolean GENERATED ALWAYS AS (
+        status IN ('completed', 'failed', 'cancelled', 'terminated', 'continued_as_new')
+    ) STORED,
+    created_at float8 NOT NULL,
+    key text,
+    parent_run_id text,
+    parent_seq integer,
+    parent_close text NOT NULL,
+    queue text,
+    result jsonb,
+    error jsonb,
+    closed_at float8,
+    continued_to text,
+    block_reason text,
+    fence bigint NOT NULL DEFAULT 0,     -- fencing token: bumped by every claim
+    lease_expires float8,                -- NULL: no lease held
+    wf_ready_at float8,                  -- NULL: no workflow task queued
+    wf_order bigint,
+    history_len integer NOT NULL DEFAULT 0
+) WITH (fillfactor = 80);
+CREATE INDEX runs_created ON {s}.runs (created_seq);
+-- Key uniqueness among open runs, by constraint (concurrent starters cannot both win).
+CREATE UNIQUE INDEX runs_open_key ON {s}.runs (key) WHERE key IS NOT NULL AND NOT closed;
+CREATE INDEX runs_wf_ready ON {s}.runs (wf_ready_at, wf_order) WHERE wf_ready_at IS NOT NULL;
+CREATE INDEX runs_status ON {s}.runs (status, created_seq);
+CREATE INDEX runs_workflow ON {s}.runs (workflow, created_seq);
+CREATE INDEX runs_parent ON {s}.runs (parent_run_id, created_seq)
+    WHERE parent_run_id IS NOT NULL;
+
+CREATE TABLE {s}.history (
+    run_id text NOT NULL,
+    pos integer NOT NULL,
+    event jsonb NOT NULL,
+    PRIMARY KEY (run_id, pos)
+);
+
+CREATE TABLE {s}.inbox (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id text NOT NULL,
+    event jsonb NOT NULL
+);
+CREATE INDEX inbox_run ON {s}.inbox (run_id, id);
+
+CREATE TABLE {s}.steps (
+    run_id text NOT NULL,
+    seq integer NOT NULL,
+    name text NOT NULL,
+    args jsonb NOT NULL,
+    attempt integer NOT NULL,
+    ready_at float8 NOT NULL,
+    lease bigint NOT NULL DEFAULT 0,
+    lease_expires float8,
+    ord bigint NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITH (fillfactor = 80);
+CREATE INDEX steps_ready ON {s}.steps (ready_at, ord);
+
+CREATE TABLE {s}.timers (
+    run_id text NOT NULL,
+    seq integer NOT NULL,
+    fire_at float8 NOT NULL,
+    ord bigint NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE INDEX timers_due ON {s}.timers (fire_at, ord);
+
+-- Open hooks only (closed and disposed hooks are deleted): the primary key is the
+-- uniqueness of tokens among open hooks.
+CREATE TABLE {s}.hooks (
+    token text PRIMARY KEY,
+    run_id text NOT NULL,
+    seq integer NOT NULL
+);
+CREATE INDEX hooks_run ON {s}.hooks (run_id);
+
+-- Backend objects LISTENing on the channel (one row each). A write NOTIFYs only when another
+-- one is registered. Registration takes the exclusive advisory lock {lock}; wake() takes it
+-- shared until its transaction ends, so a newcomer is registered only after every transaction
+-- that may have skipped its NOTIFY has committed (and sees their writes in its first queries).
+CREATE TABLE {s}.listeners (
+    origin text PRIMARY KEY,
+    pid integer NOT NULL,
+    since timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION {s}.wake(p_flags text, p_origin text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared({lock});
+    PERFORM pg_notify('{chan}', p_flags || ':' || p_origin)
+       FROM {s}.listeners WHERE origin <> p_origin LIMIT 1;
+END $$;
+
+CREATE FUNCTION {s}.register_listener(p_origin text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock({lock});
+    DELETE FROM {s}.listeners l
+     WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.pid);
+    INSERT INTO {s}.listeners (origin, pid) VALUES (p_origin, pg_backend_pid())
+    ON CONFLICT (origin) DO UPDATE SET pid = excluded.pid, since = now();
+END $$;
+
+-- Append p_event to an open run's inbox; queue its workflow task unless queued (or unless the
+-- run is p_hold: a committing run requeues itself at the end of its commit).
+-- 0: dropped (run missing or closed), 1: appended, 2: appended and queued.
+CREATE FUNCTION {s}.deliver(p_run text, p_event jsonb, p_now float8, p_hold text)
+RETURNS integer LANGUAGE plpgsql AS $$
+-- Every caller holds p_run's row lock already (taken up front, in run id order).
+DECLARE
+    v_idle boolean;
+    v_out integer := 1;
+BEGIN
+    SELECT wf_ready_at IS NULL INTO v_idle FROM {s}.runs WHERE run_id = p_run AND NOT closed;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    IF v_idle AND p_run IS DISTINCT FROM p_hold THEN
+        UPDATE {s}.runs SET wf_ready_at = p_now, wf_order = nextval('{s}.task_order')
+         WHERE run_id = p_run;
+        v_out := 2;
+    END IF;
+    INSERT INTO {s}.inbox (run_id, event) VALUES (p_run, p_event);
+    RETURN v_out;
+END $$;
+
+-- A Delivery is [run_id, event] or null. (Helpers are PL/pgSQL, not SQL functions: PL/pgSQL
+-- caches its plans per session, a non-inlined SQL function is planned on every call.)
+CREATE FUNCTION {s}.deliver_d(d jsonb, p_now float8, p_hold text)
+RETURNS integer LANGUAGE plpgsql AS $$
+BEGIN
+    IF d IS NULL OR jsonb_typeof(d) = 'null' THEN
+        RETURN 0;
+    END IF;
+    RETURN {s}.deliver(d->>0, d->1, p_now, p_hold);
+END $$;
+
+-- Deliver HookReceived to the run holding open hook p_token, then on_delivered; or only
+-- on_missing. Returns [run_id or null, queued?].
+CREATE FUNCTION {s}.resume(p_token text, p_payload jsonb, p_now float8, p_on_delivered jsonb,
+                           p_on_missing jsonb, p_hold text)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_run text;
+    v_seq integer;
+    v_again text;
+    v_q integer := 0;
+BEGIN
+    LOOP
+        SELECT run_id, seq INTO v_run, v_seq FROM {s}.hooks WHERE token = p_token;
+        IF NOT FOUND THEN
+            v_q := {s}.deliver_d(p_on_missing, p_now, p_hold);
+            RETURN jsonb_build_array(NULL, v_q = 2);
+        END IF;
+        -- Hooks of a run change only under its row lock: take it, then look again.
+        PERFORM 1 FROM {s}.runs WHERE run_id = v_run FOR NO KEY UPDATE;
+        SELECT run_id, seq INTO v_again, v_seq FROM {s}.hooks WHERE token = p_token;
+        EXIT WHEN v_again = v_run;
+    END LOOP;
+    v_q := {s}.deliver(v_run, jsonb_build_object('type', 'HookReceived', 'seq', v_seq,
+                                                 'payload', p_payload), p_now, p_hold);
+    v_q := greatest(v_q, {s}.deliver_d(p_on_delivered, p_now, p_hold));
+    RETURN jsonb_build_array(v_run, v_q = 2);
+END $$;
+
+-- create_run: [run_id, created, queued]
+CREATE FUNCTION {s}.create_run(r jsonb, p_inbox jsonb, p_now float8, p_origin text)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_run text := r->>'run_id';
+    v_key text := r->>'key';
+    v_other text;
+    v_n integer := jsonb_array_length(p_inbox);
+BEGIN
+    LOOP
+        INSERT INTO {s}.runs (run_id, workflow, status, created_at, key, parent_run_id,
+                              parent_seq, parent_close, queue, result, error, closed_at,
+                              continued_to, block_reason, wf_ready_at, wf_order)
+        VALUES (v_run, r->>'workflow', r->>'status', (r->>'created_at')::float8, v_key,
+                r->>'parent_run_id', (r->>'parent_seq')::integer, r->>'parent_close',
+                r->>'queue', nullif(r->'result', 'null'), nullif(r->'error', 'null'),
+                (r->>'closed_at')::float8, r->>'continued_to', r->>'block_reason',
+                CASE WHEN v_n > 0 THEN p_now END,
+                CASE WHEN v_n > 0 THEN nextval('{s}.task_order') END)
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            INSERT INTO {s}.inbox (run_id, event)
+            SELECT v_run, e FROM jsonb_array_elements(p_inbox) WITH ORDINALITY AS t(e, o)
+             ORDER BY o;
+            IF v_n > 0 THEN
+                PERFORM {s}.wake('w', p_origin);
+            END IF;
+            RETURN jsonb_build_array(v_run, true, v_n > 0);
+        END IF;
+        IF v_key IS NOT NULL THEN
+            SELECT run_id INTO v_other FROM {s}.runs WHERE key = v_key AND NOT closed;
+            IF FOUND THEN
+                RETURN jsonb_build_array(v_other, false, false);
+            END IF;
+        END IF;
+        IF EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = v_run) THEN
+            RETURN jsonb_build_array(v_run, false, false);
+        END IF;
+        -- the key holder closed in between: try again
+    END LOOP;
+END $$;
+
+-- append_inbox: 0 run missing or closed, 1 appended, 2 appended and queued
+CREATE FUNCTION {s}.append_inbox(p_run text, p_events jsonb, p_now float8, p_origin text)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    e jsonb;
+    v_q integer := 1;
+BEGIN
+    PERFORM 1 FROM {s}.runs WHERE run_id = p_run AND NOT closed FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    FOR e IN SELECT x FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o
+    LOOP
+        v_q := greatest(v_q, {s}.deliver(p_run, e, p_now, NULL));
+    END LOOP;
+    IF v_q = 2 THEN
+        PERFORM {s}.wake('w', p_origin);
+    END IF;
+    RETURN v_q;
+END $$;
+
+CREATE FUNCTION {s}.requeue(p_run text, p_now float8, p_origin text)
+RETURNS integer LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE {s}.runs SET wf_ready_at = p_now, wf_order = nextval('{s}.task_order')
+     WHERE run_id = p_run AND NOT closed AND wf_ready_at IS NULL;
+    IF FOUND THEN
+        PERFORM {s}.wake('w', p_origin);
+        RETURN 2;
+    END IF;
+    RETURN CASE WHEN EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = p_run AND NOT closed)
+                THEN 1 ELSE 0 END;
+END $$;
+
+-- Queue info: NULL when a task of the kind may be claimable now, else [next, count]: the
+-- earliest time one becomes claimable (a future ready time or a lease expiry; NULL: never
+-- without a new write) and how many are leased (timers: how many exist, -1 for "many"). The
+-- client keeps it to answer claims and state() without a round trip until a write or a NOTIFY
+-- says otherwise. Each walks at most 501 entries of an index (never a whole churned table):
+-- with nothing claimable, the rows ready by p_now are exactly the leased ones ("many": NULL).
+CREATE FUNCTION {s}.wf_info(p_now float8)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v jsonb;
+BEGIN
+    SELECT CASE WHEN bool_or(lease_expires IS NULL OR lease_expires <= p_now) OR count(*) > 500
+                THEN NULL
+                ELSE jsonb_build_array(
+                         least(min(lease_expires),
+                               (SELECT wf_ready_at FROM {s}.runs WHERE wf_ready_at > p_now
+                                 ORDER BY wf_ready_at LIMIT 1)),
+                         count(*)) END
+      INTO v
+      FROM (SELECT lease_expires FROM {s}.runs WHERE wf_ready_at <= p_now
+             ORDER BY wf_ready_at LIMIT 501) t;
+    RETURN v;
+END $$;
+
+CREATE FUNCTION {s}.step_info(p_now float8)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v jsonb;
+BEGIN
+    SELECT CASE WHEN bool_or(lease_expires IS NULL OR lease_expires <= p_now) OR count(*) > 500
+                THEN NULL
+                ELSE jsonb_build_array(
+                         least(min(lease_expires),
+                               (SELECT ready_at FROM {s}.steps WHERE ready_at > p_now
+                                 ORDER BY ready_at LIMIT 1)),
+                         count(*)) END
+      INTO v
+      FROM (SELECT lease_expires FROM {s}.steps WHERE ready_at <= p_now
+             ORDER BY ready_at LIMIT 501) t;
+    RETURN v;
+END $$;
+
+CREATE FUNCTION {s}.timer_info(p_now float8)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_first float8;
+    v_n bigint;
+BEGIN
+    SELECT fire_at INTO v_first FROM {s}.timers ORDER BY fire_at LIMIT 1;
+    IF v_first <= p_now THEN
+        RETURN NULL;
+    END IF;
+    SELECT count(*) INTO v_n FROM (SELECT 1 FROM {s}.timers LIMIT 1001) t;
+    RETURN jsonb_build_array(v_first, CASE WHEN v_n > 1000 THEN -1 ELSE v_n END);
+END $$;
+
+-- claim_wfs: [[[run, [[inbox id, event]...]]...], wf_info]: up to p_n workflow tasks, in
+-- claim order (ready time, then enqueue order); run = [RUN_COLS..., fence, history_len,
+-- has children].
+CREATE FUNCTION {s}.claim_wfs(p_now float8, p_secs float8, p_n integer)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_runs jsonb;
+    v_out jsonb;
+BEGIN
+    WITH c AS (
+        SELECT run_id FROM {s}.runs
+         WHERE wf_ready_at <= p_now AND (lease_expires IS NULL OR lease_expires <= p_now)
+         ORDER BY wf_ready_at, wf_order LIMIT p_n FOR UPDATE SKIP LOCKED
+    ), u AS (
+        UPDATE {s}.runs r SET fence = fence + 1, lease_expires = p_now + p_secs
+          FROM c WHERE r.run_id = c.run_id
+        RETURNING r.*
+    )
+    SELECT jsonb_agg(jsonb_build_array(
+               u.run_id, u.workflow, u.status, u.created_at, u.key, u.parent_run_id,
+               u.parent_seq, u.parent_close, u.queue, u.result, u.error, u.closed_at,
+               u.continued_to, u.block_reason, u.fence, u.history_len,
+               EXISTS (SELECT 1 FROM {s}.runs k WHERE k.parent_run_id = u.run_id))
+               ORDER BY u.wf_ready_at, u.wf_order)
+      INTO v_runs FROM u;
+    IF v_runs IS NULL THEN
+        RETURN jsonb_build_array('[]'::jsonb, {s}.wf_info(p_now));
+    END IF;
+    -- A new statement, so a new snapshot: every inbox row of these runs committed before
+    -- their locks were taken is visible.
+    SELECT jsonb_agg(jsonb_build_array(r.value,
+               coalesce((SELECT jsonb_agg(jsonb_build_array(i.id, i.event) ORDER BY i.id)
+                           FROM {s}.inbox i WHERE i.run_id = r.value->>0), '[]'))
+               ORDER BY r.ordinality)
+      INTO v_out FROM jsonb_array_elements(v_runs) WITH ORDINALITY AS r;
+    RETURN jsonb_build_array(v_out, {s}.wf_info(p_now));
+END $$;
+
+-- claim_steps: [[[run_id, seq, name, args, attempt, ready_at, lease]...], step_info]
+CREATE FUNCTION {s}.claim_steps(p_now float8, p_limit integer, p_secs float8)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_tasks jsonb;
+BEGIN
+    WITH c AS (
+        SELECT run_id, seq FROM {s}.steps
+         WHERE ready_at <= p_now AND (lease_expires IS NULL OR lease_expires <= p_now)
+         ORDER BY ready_at, ord LIMIT p_limit FOR UPDATE SKIP LOCKED
+    ), u AS (
+        UPDATE {s}.steps s SET lease = nextval('{s}.step_lease'), lease_expires = p_now + p_secs
+          FROM c WHERE s.run_id = c.run_id AND s.seq = c.seq
+        RETURNING s.run_id, s.seq, s.name, s.args, s.attempt, s.ready_at, s.lease, s.ord
+    )
+    SELECT coalesce(jsonb_agg(jsonb_build_array(run_id, seq, name, args, attempt, ready_at,
+                                                lease) ORDER BY ready_at, ord), '[]')
+      INTO v_tasks FROM u;
+    RETURN jsonb_build_array(v_tasks, {s}.step_info(p_now));
+END $$;
+
+-- finish_steps: items [[run_id, seq, lease, event, now]...], p_lock the items' run ids sorted
+-- (locked first, in that order). Returns [[0 stale | 1 delivered | 2 delivered and queued...],
+-- step_info at the latest now].
+CREATE FUNCTION {s}.finish_steps(p_items jsonb, p_lock text[], p_origin text)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    x jsonb;
+    v_out integer[] := '{{}}';
+    v_q integer;
+    v_woke boolean := false;
+    v_now float8;
+BEGIN
+    PERFORM 1 FROM {s}.runs WHERE run_id = ANY(p_lock) ORDER BY run_id FOR NO KEY UPDATE;
+    FOR x IN SELECT e FROM jsonb_array_elements(p_items) WITH ORDINALITY AS t(e, o) ORDER BY o
+    LOOP
+        v_now := greatest(v_now, (x->>4)::float8);
+        DELETE FROM {s}.steps
+         WHERE run_id = x->>0 AND seq = (x->>1)::integer AND lease = (x->>2)::bigint;
+        IF FOUND THEN
+            v_q := {s}.deliver(x->>0, x->3, (x->>4)::float8, NULL);
+            v_woke := v_woke OR v_q = 2;
+            v_out := v_out || (1 + (v_q = 2)::integer);
+        ELSE
+            v_out := v_out || 0;
+        END IF;
+    END LOOP;
+    IF v_woke THEN
+        PERFORM {s}.wake('w', p_origin);
+    END IF;
+    RETURN jsonb_build_array(to_jsonb(v_out), {s}.step_info(v_now));
+END $$;
+
+CREATE FUNCTION {s}.retry_step(p_run text, p_seq integer, p_lease bigint, p_attempt integer,
+                               p_ready float8, p_origin text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE {s}.steps SET attempt = p_attempt, ready_at = p_ready, lease = 0,
+                         lease_expires = NULL, ord = nextval('{s}.task_order')
+     WHERE run_id = p_run AND seq = p_seq AND lease = p_lease;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM {s}.wake('s', p_origin);
+    RETURN true;
+END $$;
+
+-- fire_timers: [fired, queued?, timer_info]. A timer whose run row is locked (its run is
+-- committing) is skipped this time; timer_info is then NULL, so the caller asks again.
+CREATE FUNCTION {s}.fire_timers(p_now float8, p_limit integer, p_origin text)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+    v_n integer := 0;
+    v_q integer := 0;
+BEGIN
+    FOR t IN
+        SELECT tm.run_id, tm.seq FROM {s}.timers tm JOIN {s}.runs r ON r.run_id = tm.run_id
+         WHERE tm.fire_at <= p_now
+         ORDER BY tm.fire_at, tm.ord LIMIT p_limit
+           FOR UPDATE OF tm, r SKIP LOCKED
+    LOOP
+        DELETE FROM {s}.timers WHERE run_id = t.run_id AND seq = t.seq;
+        v_q := greatest(v_q, {s}.deliver(t.run_id,
+                                         jsonb_build_object('type', 'TimerFired', 'seq', t.seq),
+                                         p_now, NULL));
+        v_n := v_n + 1;
+    END LOOP;
+    IF v_q = 2 THEN
+        PERFORM {s}.wake('w', p_origin);
+    END IF;
+    RETURN jsonb_build_array(v_n, v_q = 2, {s}.timer_info(p_now));
+END $$;
+
+CREATE FUNCTION {s}.resume_hook(p_token text, p_payload jsonb, p_now float8, p_origin text)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v jsonb;
+BEGIN
+    v := {s}.resume(p_token, p_payload, p_now, NULL, NULL, NULL);
+    IF (v->>1)::boolean THEN
+        PERFORM {s}.wake('w', p_origin);
+    END IF;
+    RETURN v->>0;
+END $$;
+
+-- commit_one: NULL when fenced out, else the wake-up flags it raised ('' or some of w s t).
+CREATE FUNCTION {s}.commit_one(c jsonb)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v_run text := c->>'run_id';
+    v_now float8 := (c->>'now')::float8;
+    v_lease bigint := (c->>'lease')::bigint;
+    v_nev integer := coalesce(jsonb_array_length(c->'events'), 0);
+    v_base integer;
+    v_closing boolean;
+    v_q integer := 0;
+    v_flags text := '';
+    v_x jsonb;
+    v_r jsonb;
+    v_ib jsonb;
+BEGIN
+    -- Fencing first: nothing below runs unless this matches.
+    UPDATE {s}.runs SET
+        fence = CASE WHEN v_lease IS NULL THEN fence + 1 ELSE fence END,
+        status = coalesce(c->>'status', status),
+        result = coalesce(nullif(c->'result', 'null'), result),
+        error = coalesce(nullif(c->'error', 'null'), error),
+        continued_to = coalesce(c->>'continued_to', continued_to),
+        block_reason = c->>'block_reason',
+        history_len = history_len + v_nev,
+        closed_at = CASE WHEN coalesce(c->>'status', status) IN
+                              ('completed', 'failed', 'cancelled', 'terminated',
+                               'continued_as_new')
+                         THEN v_now ELSE closed_at END,
+        lease_expires = NULL,
+        wf_ready_at = NULL,
+        wf_order = NULL
+     WHERE run_id = v_run AND NOT closed
+       AND (v_lease IS NULL OR (fence = v_lease AND lease_expires IS NOT NULL))
+    RETURNING history_len - v_nev, closed INTO v_base, v_closing;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+
+    IF v_nev > 0 THEN
+        INSERT INTO {s}.history (run_id, pos, event)
+        SELECT v_run, v_base + o - 1, e
+          FROM jsonb_array_elements(c->'events') WITH ORDINALITY AS t(e, o);
+    END IF;
+    IF v_closing THEN
+        DELETE FROM {s}.inbox WHERE run_id = v_run;
+    ELSIF (c->>'inbox_upto')::bigint > 0 THEN
+        DELETE FROM {s}.inbox WHERE run_id = v_run AND id <= (c->>'inbox_upto')::bigint;
+    END IF;
+
+    IF c ? 'steps' THEN
+        INSERT INTO {s}.steps AS s (run_id, seq, name, args, attempt, ready_at, lease,
+                                    lease_expires, ord)
+        SELECT j->>0, (j->>1)::integer, j->>2, j->3, (j->>4)::integer, (j->>5)::float8, 0,
+               NULL, nextval('{s}.task_order')
+          FROM jsonb_array_elements(c->'steps') WITH ORDINALITY AS t(j, o)
+        ON CONFLICT (run_id, seq) DO UPDATE SET
+            name = excluded.name, args = excluded.args, attempt = excluded.attempt,
+            ready_at = excluded.ready_at, lease = 0, lease_expires = NULL, ord = excluded.ord;
+        v_flags := v_flags || 's';
+    END IF;
+    IF c ? 'timers' THEN
+        INSERT INTO {s}.timers AS tm (run_id, seq, fire_at, ord)
+        SELECT j->>0, (j->>1)::integer, (j->>2)::float8, nextval('{s}.task_order')
+          FROM jsonb_array_elements(c->'timers') WITH ORDINALITY AS t(j, o)
+        ON CONFLICT (run_id, seq) DO UPDATE SET fire_at = excluded.fire_at, ord = excluded.ord;
+        v_flags := v_flags || 't';
+    END IF;
+    IF c ? 'cancel_timers' THEN
+        DELETE FROM {s}.timers WHERE run_id = v_run AND seq IN
+            (SELECT (jsonb_array_elements_text(c->'cancel_timers'))::integer);
+    END IF;
+    -- Disposals before registrations: a token closed and reopened in one activation moves.
+    IF c ? 'dispose_hooks' THEN
+        DELETE FROM {s}.hooks WHERE run_id = v_run AND token IN
+            (SELECT jsonb_array_elements_text(c->'dispose_hooks'));
+    END IF;
+    IF c ? 'hooks' THEN
+        FOR v_x IN SELECT e FROM jsonb_array_elements(c->'hooks') WITH ORDINALITY AS t(e, o)
+                  ORDER BY o
+        LOOP
+            INSERT INTO {s}.hooks (token, run_id, seq) VALUES (v_x->>0, v_run, (v_x->>1)::integer)
+            ON CONFLICT DO NOTHING;
+            IF NOT FOUND THEN
+                v_q := greatest(v_q, {s}.deliver_d(v_x->2, v_now, v_run));
+            END IF;
+        END LOOP;
+    END IF;
+    IF v_closing THEN
+        -- Closing releases the key (the partial unique index), hooks, and pending work.
+        DELETE FROM {s}.hooks WHERE run_id = v_run;
+        DELETE FROM {s}.steps WHERE run_id = v_run;
+        DELETE FROM {s}.timers WHERE run_id = v_run;
+        v_flags := '';
+    END IF;
+
+    IF c ? 'new_runs' THEN
+        FOR v_x IN SELECT e FROM jsonb_array_elements(c->'new_runs') WITH ORDINALITY AS t(e, o)
+                  ORDER BY o
+        LOOP
+            v_r := v_x->0;
+            v_ib := v_x->1;
+            INSERT INTO {s}.runs (run_id, workflow, status, created_at, key, parent_run_id,
+                                  parent_seq, parent_close, queue, result, error, closed_at,
+                                  continued_to, block_reason, wf_ready_at, wf_order)
+            VALUES (v_r->>'run_id', v_r->>'workflow', v_r->>'status', (v_r->>'created_at')::float8,
+                    v_r->>'key', v_r->>'parent_run_id', (v_r->>'parent_seq')::integer,
+                    v_r->>'parent_close', v_r->>'queue', nullif(v_r->'result', 'null'),
+                    nullif(v_r->'error', 'null'), (v_r->>'closed_at')::float8,
+                    v_r->>'continued_to', v_r->>'block_reason',
+                    CASE WHEN jsonb_array_length(v_ib) > 0 THEN v_now END,
+                    CASE WHEN jsonb_array_length(v_ib) > 0
+                         THEN nextval('{s}.task_order') END)
+            ON CONFLICT DO NOTHING;
+            IF FOUND THEN
+                INSERT INTO {s}.inbox (run_id, event)
+                SELECT v_r->>'run_id', e FROM jsonb_array_elements(v_ib) WITH ORDINALITY AS t(e, o)
+                 ORDER BY o;
+                IF jsonb_array_length(v_ib) > 0 THEN
+                    v_q := 2;
+                END IF;
+                v_q := greatest(v_q, {s}.deliver_d(v_x->2, v_now, v_run));
+            ELSIF NOT EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = v_r->>'run_id') THEN
+                -- an open run holds the key
+                v_q := greatest(v_q, {s}.deliver_d(v_x->3, v_now, v_run));
+            END IF;
+        END LOOP;
+    END IF;
+    IF c ? 'hook_resumes' THEN
+        FOR v_x IN SELECT e FROM jsonb_array_elements(c->'hook_resumes') WITH ORDINALITY AS t(e, o)
+                  ORDER BY o
+        LOOP
+            v_r := {s}.resume(v_x->>0, v_x->1, v_now, v_x->2, v_x->3, v_run);
+            IF (v_r->>1)::boolean THEN
+                v_q := 2;
+            END IF;
+        END LOOP;
+    END IF;
+    IF c ? 'deliveries' THEN
+        FOR v_x IN SELECT e FROM jsonb_array_elements(c->'deliveries') WITH ORDINALITY AS t(e, o)
+                  ORDER BY o
+        LOOP
+            v_q := greatest(v_q, {s}.deliver_d(v_x, v_now, v_run));
+        END LOOP;
+    END IF;
+
+    -- Release done above; queue again (with a fresh enqueue order) if the inbox is not empty.
+    IF NOT v_closing AND coalesce((c->>'requeue')::boolean, true)
+       AND EXISTS (SELECT 1 FROM {s}.inbox WHERE run_id = v_run) THEN
+        UPDATE {s}.runs SET wf_ready_at = v_now, wf_order = nextval('{s}.task_order')
+         WHERE run_id = v_run;
+        v_q := 2;
+    END IF;
+    IF v_q = 2 THEN
+        v_flags := v_flags || 'w';
+    END IF;
+    RETURN v_flags;
+END $$;
+
+-- apply_commits: p_docs [commit...], p_lock the run ids they touch, sorted (locked first, in
+-- that order, so two batches touching the same runs wait instead of deadlocking). Returns
+-- [[flags or null (fenced out)...], wf_info at the latest commit time].
+CREATE FUNCTION {s}.apply_commits(p_docs jsonb, p_lock text[], p_origin text)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    c jsonb;
+    v_f text;
+    v_out jsonb := '[]';
+    v_flags text := 'r';
+    v_now float8;
+BEGIN
+    PERFORM 1 FROM {s}.runs WHERE run_id = ANY(p_lock) ORDER BY run_id FOR NO KEY UPDATE;
+    FOR c IN SELECT e FROM jsonb_array_elements(p_docs) WITH ORDINALITY AS t(e, o) ORDER BY o
+    LOOP
+        v_now := greatest(v_now, (c->>'now')::float8);
+        v_f := {s}.commit_one(c);
+        v_out := v_out || jsonb_build_array(v_f);
+        v_flags := v_flags || coalesce(v_f, '');
+    END LOOP;
+    PERFORM {s}.wake(v_flags, p_origin);
+    RETURN jsonb_build_array(v_out, {s}.wf_info(v_now));
+END $$;
+
+-- state: [wf ready, wf leased, wf due, steps ready, steps leased, steps due,
+--         timers, timers due now, earliest timer]; "due" is the earliest future time.
+CREATE FUNCTION {s}.state(p_now float8)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    w_ready bigint;
+    w_leased bigint;
+    w_lease float8;
+    w_next float8;
+    s_ready bigint;
+    s_leased bigint;
+    s_lease float8;
+    s_next float8;
+    t_n bigint;
+    t_now bigint;
+    t_next float8;
+BEGIN
+    SELECT count(*) FILTER (WHERE lease_expires IS NULL OR lease_expires <= p_now),
+           count(*) FILTER (WHERE lease_expires > p_now),
+           min(lease_expires) FILTER (WHERE lease_expires > p_now)
+      INTO w_ready, w_leased, w_lease FROM {s}.runs WHERE wf_ready_at <= p_now;
+    SELECT wf_ready_at INTO w_next FROM {s}.runs WHERE wf_ready_at > p_now
+     ORDER BY wf_ready_at LIMIT 1;
+    SELECT count(*) FILTER (WHERE lease_expires IS NULL OR lease_expires <= p_now),
+           count(*) FILTER (WHERE lease_expires > p_now),
+           min(lease_expires) FILTER (WHERE lease_expires > p_now)
+      INTO s_ready, s_leased, s_lease FROM {s}.steps WHERE ready_at <= p_now;
+    SELECT ready_at INTO s_next FROM {s}.steps WHERE ready_at > p_now
+     ORDER BY ready_at LIMIT 1;
+    SELECT count(*), count(*) FILTER (WHERE fire_at <= p_now) INTO t_n, t_now FROM {s}.timers;
+    SELECT fire_at INTO t_next FROM {s}.timers WHERE fire_at > p_now ORDER BY fire_at LIMIT 1;
+    RETURN jsonb_build_array(w_ready, w_leased, least(w_lease, w_next),
+                             s_ready, s_leased, least(s_lease, s_next),
+                             t_n, t_now, t_next);
+END $$;
+"""

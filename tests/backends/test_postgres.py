@@ -1,0 +1,493 @@
+"""The postgres backend: URL forms and options, schema creation and refusal, the missing extra,
+the protocol's guarantees under concurrency (fencing, key and hook uniqueness, SKIP LOCKED
+claimers), LISTEN/NOTIFY wake-ups, several worker processes on one database, a server restart
+in the middle of a batch, and the query rate of an idle worker.
+
+Needs a PostgreSQL server (``plait.testing.servers``): skipped without one unless
+``PLAIT_REQUIRE_BACKENDS`` names postgres.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import plait
+from plait.backends import _pg_schema
+from plait.backends.base import BackendError, Commit, Delivery, HookReg, SchemaError, StepTask
+from plait.kernel import events as ev
+from plait.kernel.status import RunStatus
+from plait.plugins.manager import backend_from_url
+from plait.testing._conformance_support import (
+    LEASE,
+    T0,
+    claim_run,
+    commit,
+    create,
+    make_record,
+    started,
+)
+from plait.testing.pytest_plugin import isolated_url
+
+pytestmark = [pytest.mark.anyio, pytest.mark.backend("postgres")]
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import _pg_workflows as wf  # noqa: E402
+
+from plait.backends.postgres import MISSING_EXTRA, PostgresBackend  # noqa: E402
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return isolated_url("postgres", tmp_path)
+
+
+class _Opened:
+    """``async with _Opened(url, n) as (b1, b2, ...)``: n backend objects on one store."""
+
+    def __init__(self, url: str, n: int = 1) -> None:
+        self.backends = [PostgresBackend(url) for _ in range(n)]
+
+    async def __aenter__(self) -> list[PostgresBackend]:
+        for b in self.backends:
+            await b.open()
+        return self.backends
+
+    async def __aexit__(self, *exc: object) -> None:
+        for b in self.backends:
+            await b.close()
+
+
+def _schema(url: str) -> str:
+    return _pg_schema.parse_url(url).schema
+
+
+def _sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(_pg_schema.parse_url(url).conninfo, autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+# -- URLs, options, the extra ------------------------------------------------------------------
+
+
+def test_url_options_are_stripped_and_the_rest_goes_to_libpq() -> None:
+    o = _pg_schema.parse_url(
+        "postgresql://u:p%40ss@db.example:6543/app?sslmode=require&schema=jobs&pool_min=2"
+        "&pool_max=7&options=-c%20statement_timeout%3D5000"
+    )
+    assert (o.schema, o.pool_min, o.pool_max, o.channel) == ("jobs", 2, 7, "jobs_work")
+    assert o.conninfo == (
+        "postgresql://u:p%40ss@db.example:6543/app?sslmode=require"
+        "&options=-c%20statement_timeout%3D5000"
+    )
+    d = _pg_schema.parse_url("postgres://localhost/db")
+    assert (d.schema, d.pool_min, d.pool_max, d.conninfo) == (
+        "plait",
+        _pg_schema.DEFAULT_POOL_MIN,
+        _pg_schema.DEFAULT_POOL_MAX,
+        "postgres://localhost/db",
+    )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "schema=1abc",
+        "schema=a-b",
+        "schema=" + "x" * 59,
+        "pool_min=x",
+        "pool_min=5&pool_max=2",
+        "pool_max=0",
+    ],
+)
+def test_bad_options_are_refused(query: str) -> None:
+    with pytest.raises(ValueError):
+        _pg_schema.parse_url(f"postgresql://localhost/db?{query}")
+
+
+def test_both_schemes_map_to_the_backend() -> None:
+    for scheme in ("postgresql", "postgres", "POSTGRESQL"):
+        b = backend_from_url(f"{scheme}://user@localhost/db?schema=s1")
+        assert isinstance(b, PostgresBackend)
+        assert b.options.schema == "s1"
+    assert "pw" not in repr(PostgresBackend("postgresql://u:pw@h/db"))
+
+
+def test_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` raises ImportError
+    with pytest.raises(BackendError, match=r"pip install 'plait\[postgres\]'"):
+        backend_from_url("postgresql://localhost/db")
+    with pytest.raises(BackendError, match=r"pip install 'plait\[postgres\]'"):
+        anyio.run(PostgresBackend("postgresql://localhost/db").open)
+    assert "plait[postgres]" in MISSING_EXTRA
+
+
+def test_the_module_imports_without_psycopg() -> None:
+    code = (
+        "import sys; sys.modules['psycopg'] = None; sys.modules['psycopg_pool'] = None\n"
+        "import plait.backends.postgres as m\n"
+        "from plait.plugins.manager import backend_factories\n"
+        "assert {'postgres', 'postgresql'} <= set(backend_factories())\n"
+        "try:\n"
+        "    m.PostgresBackend.from_url('postgresql://h/db')\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "BackendError" in out.stdout and "pip install 'plait[postgres]'" in out.stdout
+
+
+# -- schema --------------------------------------------------------------------------------------
+
+
+async def test_schema_option_isolates_stores(url: str) -> None:
+    other = url.replace(f"schema={_schema(url)}", f"schema={_schema(url)}_b")
+    async with _Opened(url) as (a,), _Opened(other) as (b,):
+        rec = await create(a)
+        assert await a.get_run(rec.run_id) is not None
+        assert await b.get_run(rec.run_id) is None
+        assert await b.list_runs() == []
+    tables = {
+        r[0]
+        for r in _sql(url, "SELECT tablename FROM pg_tables WHERE schemaname = %s", (_schema(url),))
+    }
+    assert {"runs", "history", "inbox", "steps", "timers", "hooks", "schema_version"} <= tables
+    version = _sql(url, f'SELECT max(version) FROM "{_schema(url)}".schema_version')[0][0]
+    assert version == _pg_schema.SCHEMA_VERSION
+
+
+async def test_concurrent_openers_create_the_schema_once(url: str) -> None:
+    backends = [PostgresBackend(url) for _ in range(5)]
+    async with anyio.create_task_group() as tg:
+        for b in backends:
+            tg.start_soon(b.open)
+    try:
+        rows = _sql(url, f'SELECT version FROM "{_schema(url)}".schema_version')
+        assert rows == [(_pg_schema.SCHEMA_VERSION,)]
+    finally:
+        for b in backends:
+            await b.close()
+
+
+async def test_a_newer_schema_is_refused(url: str) -> None:
+    async with _Opened(url):
+        pass
+    _sql(
+        url,
+        f'INSERT INTO "{_schema(url)}".schema_version (version) VALUES (%s)',
+        (_pg_schema.SCHEMA_VERSION + 1,),
+    )
+    b = PostgresBackend(url)
+    with pytest.raises(SchemaError, match="newer plait"):
+        await b.open()
+    await b.close()
+
+
+async def test_a_foreign_schema_is_refused(url: str) -> None:
+    s = _schema(url)
+    _sql(url, f'CREATE SCHEMA "{s}"; CREATE TABLE "{s}".customers (id int)')
+    b = PostgresBackend(url)
+    with pytest.raises(SchemaError, match="not a plait store"):
+        await b.open()
+    await b.close()
+    assert _sql(url, f'SELECT count(*) FROM "{s}".customers') == [(0,)]
+
+
+async def test_an_unreachable_server_is_a_clear_error() -> None:
+    b = PostgresBackend("postgresql://nobody@127.0.0.1:1/db?connect_timeout=2")
+    with pytest.raises(BackendError, match="cannot connect to PostgreSQL"):
+        await b.open()
+
+
+# -- protocol guarantees under concurrency -------------------------------------------------------
+
+
+async def test_a_stale_lease_is_fenced_out(url: str) -> None:
+    async with _Opened(url, 2) as (a, b):
+        rec = await create(a)
+        first = await claim_run(a, rec.run_id, T0)
+        # The lease expires; another backend object claims the run and bumps the fence.
+        second = await claim_run(b, rec.run_id, T0 + LEASE + 1)
+        assert second.lease > first.lease
+        assert not await a.renew_workflow_lease(rec.run_id, first.lease, T0 + 40, LEASE)
+        assert not await a.apply_commit(commit(first, T0 + 41, events=(ev.Activated(T0),)))
+        assert await a.read_history(rec.run_id) == []
+        assert await b.apply_commit(commit(second, T0 + 42, events=(ev.Activated(T0 + 42),)))
+        assert await a.read_history(rec.run_id) == [ev.Activated(T0 + 42)]
+        # terminate (lease=None) fences out the holder of a live lease, too
+        assert await a.append_inbox(rec.run_id, (ev.SignalReceived("s"),), T0 + 43)
+        third = await claim_run(a, rec.run_id, T0 + 43)
+        forced = Commit(
+            run_id=rec.run_id,
+            lease=None,
+            now=T0 + 44,
+            status=RunStatus.TERMINATED,
+            events=(ev.RunTerminated("x"),),
+        )
+        assert await b.apply_commit(forced)
+        assert not await a.apply_commit(commit(third, T0 + 45))
+        assert (await a.get_run(rec.run_id)).status is RunStatus.TERMINATED  # type: ignore[union-attr]
+
+
+async def test_racing_starters_with_one_key_create_one_run(url: str) -> None:
+    async with _Opened(url, 4) as backends:
+        records = [make_record(key="order-42") for _ in range(8)]
+        results: list[tuple[str, bool]] = []
+
+        async def start(i: int) -> None:
+            r = records[i]
+            results.append(await backends[i % 4].create_run(r, (started(r),), T0))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(records)):
+                tg.start_soon(start, i)
+        winners = [rid for rid, created in results if created]
+        assert len(winners) == 1
+        assert {rid for rid, _ in results} == set(winners)
+        # Closing the run releases the key.
+        got = await claim_run(backends[0], winners[0])
+        assert await backends[0].apply_commit(commit(got, status=RunStatus.COMPLETED))
+        again = make_record(key="order-42")
+        assert await backends[1].create_run(again, (started(again),), T0) == (again.run_id, True)
+
+
+async def test_racing_hooks_with_one_token_register_once(url: str) -> None:
+    async with _Opened(url, 2) as (a, b):
+        r1, r2 = await create(a), await create(b)
+        c1, c2 = await claim_run(a, r1.run_id), await claim_run(b, r2.run_id)
+
+        def with_hook(c: Any, seq: int) -> Commit:
+            conflict = Delivery(c.run.run_id, ev.HookConflict(seq, "tok"))
+            return commit(c, hooks=(HookReg("tok", seq, conflict),))
+
+        oks: list[bool] = []
+
+        async def go(backend: PostgresBackend, c: Commit) -> None:
+            oks.append(await backend.apply_commit(c))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(go, a, with_hook(c1, 1))
+            tg.start_soon(go, b, with_hook(c2, 2))
+        assert oks == [True, True]
+        owner = await a.resume_hook("tok", {"x": 1}, T0 + 1)
+        assert owner in (r1.run_id, r2.run_id)
+        loser = r2.run_id if owner == r1.run_id else r1.run_id
+        got = await claim_run(a, loser, T0 + 2)
+        assert [e.event for e in got.inbox] == [
+            ev.HookConflict(1 if loser == r1.run_id else 2, "tok")
+        ]
+        got = await claim_run(b, owner, T0 + 2)
+        assert ev.HookReceived(1 if owner == r1.run_id else 2, {"x": 1}) in [
+            e.event for e in got.inbox
+        ]
+
+
+async def test_skip_locked_claimers_never_share_a_task(url: str) -> None:
+    n_runs, n_claimers = 40, 6
+    async with _Opened(url, n_claimers) as backends:
+        for _ in range(n_runs):
+            await create(backends[0])
+        claimed: list[str] = []
+
+        async def claimer(b: PostgresBackend) -> None:
+            while (got := await b.claim_workflow_task(T0, LEASE)) is not None:
+                claimed.append(got.run.run_id)
+                await anyio.sleep(0)
+
+        async with anyio.create_task_group() as tg:
+            for b in backends:
+                tg.start_soon(claimer, b)
+        assert len(claimed) == n_runs == len(set(claimed))
+
+
+async def test_skip_locked_step_claimers_never_share_a_task(url: str) -> None:
+    async with _Opened(url, 5) as backends:
+        rec = await create(backends[0])
+        got = await claim_run(backends[0], rec.run_id)
+        steps = tuple(StepTask(rec.run_id, i, "s", [i], 1, T0) for i in range(1, 61))
+        assert await backends[0].apply_commit(commit(got, steps=steps))
+        seen: list[tuple[str, int]] = []
+
+        async def claimer(b: PostgresBackend) -> None:
+            while tasks := await b.claim_step_tasks(T0, 3, LEASE):
+                seen.extend((t.run_id, t.seq) for t in tasks)
+                await anyio.sleep(0)
+
+        async with anyio.create_task_group() as tg:
+            for b in backends:
+                tg.start_soon(claimer, b)
+        assert sorted(seen) == [(rec.run_id, i) for i in range(1, 61)]
+
+
+async def test_racing_finishes_deliver_a_result_once(url: str) -> None:
+    async with _Opened(url, 3) as backends:
+        rec = await create(backends[0])
+        got = await claim_run(backends[0], rec.run_id)
+        assert await backends[0].apply_commit(
+            commit(got, steps=(StepTask(rec.run_id, 1, "s", [], 1, T0),))
+        )
+        (task,) = await backends[1].claim_step_tasks(T0, 1, LEASE)
+        results: list[bool] = []
+
+        async def finish(b: PostgresBackend) -> None:
+            results.append(
+                await b.finish_step(rec.run_id, 1, task.lease, ev.StepCompleted(1, "r"), T0)
+            )
+
+        async with anyio.create_task_group() as tg:
+            for b in backends:
+                tg.start_soon(finish, b)
+        assert sorted(results) == [False, False, True]
+        got = await claim_run(backends[2], rec.run_id)
+        assert [e.event for e in got.inbox] == [ev.StepCompleted(1, "r")]
+
+
+async def test_a_write_wakes_a_waiter_on_another_backend(url: str) -> None:
+    async with _Opened(url, 2) as (a, b):
+        await a.claim_workflow_task(T0, LEASE)  # nothing yet: a now trusts "empty"
+        woke = anyio.Event()
+
+        async def waiter() -> None:
+            await a.wait(10)
+            woke.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.2)
+            t0 = time.monotonic()
+            await create(b)
+            with anyio.fail_after(5):
+                await woke.wait()
+            assert time.monotonic() - t0 < 1.0
+        assert (await a.claim_workflow_task(T0, LEASE)) is not None
+
+
+# -- through Engine and Worker -------------------------------------------------------------------
+
+
+async def test_three_worker_processes_share_the_work(url: str, tmp_path: Path) -> None:
+    stop = tmp_path / "stop"
+    script = HERE / "_pg_worker_script.py"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), url, str(stop)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    try:
+        async with plait.Engine(url) as engine:  # opens (and creates) the schema first
+            for p in procs:
+                assert p.stdout is not None
+                line = await anyio.to_thread.run_sync(p.stdout.readline)
+                assert line.strip() == "ready", p.stderr.read() if p.stderr else line
+            handles = [await engine.start(wf.parent, n) for n in range(100)]
+            with anyio.fail_after(60):
+                for n, h in enumerate(handles):
+                    assert await h.result() == wf.parent_result(n)
+            runs = [r async for r in engine.list_runs()]
+            histories = {r.run_id: await engine.history(r.run_id) for r in runs}
+    finally:
+        stop.touch()
+        outs = [p.communicate(timeout=30) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    stats = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+
+    assert len(runs) == 300 and all(r.status is RunStatus.COMPLETED for r in runs)
+    children = [r for r in runs if r.parent_run_id is not None]
+    assert len(children) == 200 == len({r.run_id for r in children})
+    assert set(Counter(r.parent_run_id for r in children).values()) == {2}
+    for run_id, history in histories.items():
+        kinds = Counter(type(e).__name__ for e in history)
+        assert kinds["RunStarted"] == 1 and kinds["RunCompleted"] == 1, run_id
+        step_done = [e.seq for e in history if isinstance(e, ev.StepCompleted)]
+        assert len(step_done) == len(set(step_done)), f"a step result twice in {run_id}"
+    scheduled = [
+        e.child_run_id for h in histories.values() for e in h if isinstance(e, ev.ChildScheduled)
+    ]
+    assert len(scheduled) == 200 == len(set(scheduled))
+    assert sum(s["activations"] for s in stats) >= 300
+    assert sum(1 for s in stats if s["activations"] > 0) >= 2, stats
+
+
+async def test_runs_complete_across_a_server_restart(url: str) -> None:
+    from plait.testing import servers
+
+    if "postgres" not in servers._SERVERS:
+        pytest.skip("needs the throwaway local PostgreSQL of plait.testing.servers")
+    n = 40
+    async with plait.Engine(url) as engine:
+        async with engine.worker(
+            wf.WORKFLOWS,
+            wf.STEPS,
+            concurrency=16,
+            lease_seconds=2.0,
+            step_lease_seconds=2.0,
+            poll_interval=0.2,
+        ):
+            handles = [await engine.start(wf.chain, 5) for _ in range(n)]
+            with anyio.fail_after(30):
+                while (await engine.backend.state(engine.clock.now())).leased_steps == 0:
+                    await anyio.sleep(0.01)
+            await anyio.to_thread.run_sync(servers.restart_postgres, "fast")
+            with anyio.fail_after(60):
+                results = [await h.result() for h in handles]
+    assert results == [5] * n
+    async with plait.Engine(url) as engine:
+        for h in handles:
+            history = await engine.history(h.run_id)
+            done = [e.seq for e in history if isinstance(e, ev.StepCompleted)]
+            assert len(done) == 5 == len(set(done))
+
+
+async def test_an_idle_worker_barely_queries(url: str) -> None:
+    dbname = _sql(url, "SELECT current_database()")[0][0]
+
+    def commits() -> int:
+        return int(
+            _sql(url, "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (dbname,))[0][
+                0
+            ]
+        )
+
+    calls = 0
+    async with plait.Engine(url) as engine:
+        backend = engine.backend
+        assert isinstance(backend, PostgresBackend)
+        run = backend._run
+
+        async def counting(*args: Any, **kw: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return await run(*args, **kw)
+
+        backend._run = counting  # type: ignore[method-assign]
+        async with engine.worker(wf.WORKFLOWS, wf.STEPS, poll_interval=0.2):
+            await anyio.sleep(1.5)  # settle, and let the server flush its statistics
+            before, calls = commits(), 0
+            await anyio.sleep(3.0)
+            after, client_calls = commits(), calls
+    server_rate = (after - before - 1) / 3.0  # minus the first measuring query's own commit
+    assert server_rate <= 5.0, f"{server_rate:.1f} transactions/s"
+    assert client_calls / 3.0 <= 5.0, f"{client_calls / 3:.1f} calls/s"
