@@ -66,6 +66,7 @@ class Worker:
         poll_interval: float = 1.0,
         cache_size: int = 1000,
         shutdown_timeout: float = 10.0,
+        max_backoff: float = 5.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -84,13 +85,15 @@ class Worker:
         self.poll_interval = poll_interval
         self.cache_size = cache_size
         self.shutdown_timeout = shutdown_timeout
+        self.max_backoff = max_backoff
         self._cache: OrderedDict[str, Machine] = OrderedDict()
         self._inflight = 0
         self._stopping = False
         self._tg: TaskGroup | None = None
         self._drained: anyio.Event | None = None
         self._running: dict[tuple[str, int], int] = {}
-        self.stats = {"activations": 0, "steps": 0, "replays": 0, "fenced": 0, "blocked": 0}
+        self.stats = {"activations": 0, "steps": 0, "replays": 0, "fenced": 0, "blocked": 0,
+                      "backend_errors": 0}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -111,9 +114,11 @@ class Worker:
             with anyio.move_on_after(self.shutdown_timeout):
                 await self._drained.wait()
         self._tg.cancel_scope.cancel()
-        await self._tg.__aexit__(None, None, None)
-        self._tg = None
-        await self.engine.close()
+        try:
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            self._tg = None
+            await self.engine.close()
 
     @property
     def idle(self) -> bool:
@@ -128,19 +133,33 @@ class Worker:
         return n
 
     async def _loop(self) -> None:
-        await self.requeue_blocked()
+        """Claim and dispatch until stopped. A backend error (a lost connection, a restarting
+        server) is logged and retried with capped exponential backoff: the loop never dies,
+        and leases make sure nothing in flight is lost meanwhile."""
         assert self._tg is not None
+        backoff = 0.0
+        requeued = False
         while not self._stopping:
-            progressed = await self._tick(self._tg)
-            if progressed:
-                await anyio.lowlevel.checkpoint()
-                continue
-            wait = self.poll_interval
-            if not self.clock.virtual:
-                st = await self.backend.state(self.clock.now())
-                if st.next_due is not None:
-                    wait = max(0.0, min(wait, st.next_due - self.clock.now()))
-            await self.backend.wait(wait)
+            try:
+                if not requeued:
+                    await self.requeue_blocked()
+                    requeued = True
+                progressed = await self._tick(self._tg)
+                backoff = 0.0
+                if progressed:
+                    await anyio.lowlevel.checkpoint()
+                    continue
+                wait = self.poll_interval
+                if not self.clock.virtual:
+                    st = await self.backend.state(self.clock.now())
+                    if st.next_due is not None:
+                        wait = max(0.0, min(wait, st.next_due - self.clock.now()))
+                await self.backend.wait(wait)
+            except Exception:
+                backoff = min(self.max_backoff, max(0.05, backoff * 2))
+                log.exception("plait worker: backend call failed; retrying in %.2fs", backoff)
+                self.stats["backend_errors"] += 1
+                await anyio.sleep(backoff)
 
     async def _tick(self, tg: TaskGroup) -> bool:
         now = self.clock.now()
@@ -363,9 +382,12 @@ class Worker:
         while True:
             await anyio.sleep(self.step_lease_seconds / 3)
             for (run_id, seq), lease in list(self._running.items()):
-                await self.backend.heartbeat_step(
-                    run_id, seq, lease, self.clock.now(), self.step_lease_seconds
-                )
+                try:
+                    await self.backend.heartbeat_step(
+                        run_id, seq, lease, self.clock.now(), self.step_lease_seconds
+                    )
+                except Exception:  # the lease may lapse; redelivery covers it
+                    log.exception("plait worker: heartbeat for %s#%d failed", run_id, seq)
 
     async def _failed(
         self, step: StepFunction, task: StepTask, exc: Exception, duration: float
