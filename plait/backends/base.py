@@ -116,7 +116,13 @@ class HookResume:
 
 @attrs.frozen
 class StepTask:
-    """A step to run. ``(run_id, seq)`` identifies it; ``lease`` is set when claimed."""
+    """A step to run. ``(run_id, seq)`` identifies it; ``lease`` is set when claimed.
+
+    Eager dispatch: in a ``Commit`` to a backend with ``supports_eager``, a step with a
+    non-zero ``lease`` and a ``lease_expires`` is stored already leased to the committer with
+    that token (not claimable before ``lease_expires``), so the committing worker runs it
+    without a claim round trip.
+    """
 
     run_id: str
     seq: int
@@ -125,6 +131,7 @@ class StepTask:
     attempt: int = 1
     ready_at: float = 0.0
     lease: int = 0
+    lease_expires: float | None = None
 
 
 @attrs.frozen
@@ -211,6 +218,9 @@ class Backend(Protocol):
     """Storage and queues for plait. Every method is a coroutine; see each for its guarantee."""
 
     url: str
+    supports_eager: bool
+    """True when the backend honours pre-leased steps in commits and has
+    ``finish_step_and_claim`` (the runtime then saves two round trips per step)."""
 
     async def open(self) -> None:
         """Connect and create or migrate the schema. Refuse foreign or newer stores clearly."""
@@ -300,6 +310,15 @@ class Backend(Protocol):
     ) -> bool:
         """Delete the step task and deliver ``outcome`` to its run's inbox, atomically, exactly
         once: False (nothing changed) if the task is gone or ``lease`` is stale."""
+        ...
+
+    async def finish_step_and_claim(
+        self, run_id: str, seq: int, lease: int, outcome: Event, now: float, lease_seconds: float
+    ) -> tuple[bool, ClaimedRun | None]:
+        """Optional (when ``supports_eager``): ``finish_step`` and then, in the same atomic
+        step, claim that run's workflow task exactly as ``claim_workflow_task`` would if it is
+        ready and has no live lease. ``(False, None)`` and nothing changed when the finish is
+        refused; ``(True, None)`` when the run's task cannot be claimed now."""
         ...
 
     async def retry_step(

@@ -38,6 +38,8 @@ class _Step:
 class MemoryBackend:
     """``memory://``: everything in dicts; lost when the process ends. For tests and demos."""
 
+    supports_eager = True
+
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._runs: dict[str, RunRecord] = {}
@@ -226,7 +228,7 @@ class MemoryBackend:
             record = attrs.evolve(record, closed_at=now)
         self._runs[c.run_id] = record
         for s in c.steps:
-            self._steps[(s.run_id, s.seq)] = _Step(s, self._next())
+            self._steps[(s.run_id, s.seq)] = _Step(s, self._next(), s.lease_expires)
         for t in c.timers:
             self._timers[(t.run_id, t.seq)] = (t.fire_at, self._next())
         for seq in c.cancel_timers:
@@ -302,13 +304,30 @@ class MemoryBackend:
         self._notifier.notify()
         return True
 
+    async def finish_step_and_claim(
+        self, run_id: str, seq: int, lease: int, outcome: Event, now: float, lease_seconds: float
+    ) -> tuple[bool, ClaimedRun | None]:
+        if not await self.finish_step(run_id, seq, lease, outcome, now):
+            return False, None
+        ready = self._wf_ready.get(run_id)
+        if ready is None or ready[0] > now or not self._wf_claimable(run_id, now):
+            return True, None
+        self._fence[run_id] += 1
+        self._wf_lease[run_id] = now + lease_seconds
+        return True, ClaimedRun(
+            run=self._runs[run_id],
+            lease=self._fence[run_id],
+            inbox=tuple(self._inbox[run_id]),
+            history_length=len(self._history[run_id]),
+        )
+
     async def retry_step(
         self, run_id: str, seq: int, lease: int, attempt: int, ready_at: float
     ) -> bool:
         s = self._held(run_id, seq, lease)
         if s is None:
             return False
-        s.task = attrs.evolve(s.task, attempt=attempt, ready_at=ready_at, lease=0)
+        s.task = attrs.evolve(s.task, attempt=attempt, ready_at=ready_at, lease=0, lease_expires=None)
         s.expires = None
         s.order = self._next()
         self._notifier.notify()
