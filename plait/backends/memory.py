@@ -327,7 +327,9 @@ class MemoryBackend:
         s = self._held(run_id, seq, lease)
         if s is None:
             return False
-        s.task = attrs.evolve(s.task, attempt=attempt, ready_at=ready_at, lease=0, lease_expires=None)
+        s.task = attrs.evolve(
+            s.task, attempt=attempt, ready_at=ready_at, lease=0, lease_expires=None
+        )
         s.expires = None
         s.order = self._next()
         self._notifier.notify()
