@@ -23,6 +23,7 @@ __all__ = [
     "ErrorInfo",
     "RunStatus",
     "Backend",
+    "EagerBackend",
     "RunRecord",
     "Delivery",
     "NewRun",
@@ -218,9 +219,6 @@ class Backend(Protocol):
     """Storage and queues for plait. Every method is a coroutine; see each for its guarantee."""
 
     url: str
-    supports_eager: bool
-    """True when the backend honours pre-leased steps in commits and has
-    ``finish_step_and_claim`` (the runtime then saves two round trips per step)."""
 
     async def open(self) -> None:
         """Connect and create or migrate the schema. Refuse foreign or newer stores clearly."""
@@ -312,15 +310,6 @@ class Backend(Protocol):
         once: False (nothing changed) if the task is gone or ``lease`` is stale."""
         ...
 
-    async def finish_step_and_claim(
-        self, run_id: str, seq: int, lease: int, outcome: Event, now: float, lease_seconds: float
-    ) -> tuple[bool, ClaimedRun | None]:
-        """Optional (when ``supports_eager``): ``finish_step`` and then, in the same atomic
-        step, claim that run's workflow task exactly as ``claim_workflow_task`` would if it is
-        ready and has no live lease. ``(False, None)`` and nothing changed when the finish is
-        refused; ``(True, None)`` when the run's task cannot be claimed now."""
-        ...
-
     async def retry_step(
         self, run_id: str, seq: int, lease: int, attempt: int, ready_at: float
     ) -> bool:
@@ -348,4 +337,27 @@ class Backend(Protocol):
     async def wait(self, timeout: float) -> None:
         """Return when new work may exist (a local change, a server notification) or after
         ``timeout`` seconds of real time, whichever is first."""
+        ...
+
+
+@runtime_checkable
+class EagerBackend(Backend, Protocol):
+    """The optional eager-dispatch extension of ``Backend``.
+
+    A backend whose round trips are costly implements it and sets ``supports_eager = True``:
+    it stores steps that arrive pre-leased in a commit (see ``StepTask``), and it can finish a
+    step and claim that run's workflow task in one call. The runtime then runs the steps it
+    schedules without a claim, and the activation that follows a step without one either: two
+    round trips instead of four per step.
+    """
+
+    supports_eager: bool
+
+    async def finish_step_and_claim(
+        self, run_id: str, seq: int, lease: int, outcome: Event, now: float, lease_seconds: float
+    ) -> tuple[bool, ClaimedRun | None]:
+        """Optional (when ``supports_eager``): ``finish_step`` and then, in the same atomic
+        step, claim that run's workflow task exactly as ``claim_workflow_task`` would if it is
+        ready and has no live lease. ``(False, None)`` and nothing changed when the finish is
+        refused; ``(True, None)`` when the run's task cannot be claimed now."""
         ...

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup
 
 from ..backends.base import ClaimedRun, Commit, StepTask
@@ -92,13 +94,21 @@ class Worker:
         self._tg: TaskGroup | None = None
         self._drained: anyio.Event | None = None
         self._running: dict[tuple[str, int], int] = {}
-        self.stats = {"activations": 0, "steps": 0, "replays": 0, "fenced": 0, "blocked": 0,
-                      "backend_errors": 0}
+        self._eager = False  # set in __aenter__: the deterministic test mode never uses it
+        self.stats = {
+            "activations": 0,
+            "steps": 0,
+            "replays": 0,
+            "fenced": 0,
+            "blocked": 0,
+            "backend_errors": 0,
+        }
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Worker:
         await self.engine.open()
+        self._eager = bool(getattr(self.backend, "supports_eager", False))
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._loop)
@@ -169,23 +179,28 @@ class Worker:
             if claim is None:
                 break
             self._inflight += 1
-            tg.start_soon(self._guard, self.activate, claim)
+            tg.start_soon(self._guard, claim)
             progressed = True
         free = self.concurrency - self._inflight
         if free > 0 and not self._stopping:
             for task in await self.backend.claim_step_tasks(now, free, self.step_lease_seconds):
                 self._inflight += 1
-                tg.start_soon(self._guard, self.run_step, task)
+                tg.start_soon(self._guard, task)
                 progressed = True
         return progressed
 
-    async def _guard(self, fn: Any, arg: Any) -> None:
+    async def _guard(self, item: ClaimedRun | StepTask | None) -> None:
+        """Run ``item``, then keep this slot busy: with the follow-up work it handed back
+        (eager dispatch), else with the next ready task, instead of returning the slot to the
+        loop. A sequential run then costs no task spawn or wake-up per step."""
         try:
-            await fn(arg)
-            # Keep this slot busy with the next ready task instead of handing it back to the
-            # loop: a sequential run then costs no task spawn or wake-up per step.
-            while not self._stopping and await self._next_inline():
-                pass
+            while item is not None and not self._stopping:
+                if isinstance(item, ClaimedRun):
+                    item = await self._activate(item)
+                else:
+                    item = await self._run_step(item)
+                if item is None and not self._stopping:
+                    item = await self._claim_one()
         except Exception:
             log.exception("plait worker task failed")
         finally:
@@ -194,17 +209,13 @@ class Worker:
                 self._drained.set()
             self.backend.notify()
 
-    async def _next_inline(self) -> bool:
+    async def _claim_one(self) -> ClaimedRun | StepTask | None:
         now = self.clock.now()
         claim = await self.backend.claim_workflow_task(now, self.lease_seconds)
         if claim is not None:
-            await self.activate(claim)
-            return True
+            return claim
         tasks = await self.backend.claim_step_tasks(now, 1, self.step_lease_seconds)
-        if tasks:
-            await self.run_step(tasks[0])
-            return True
-        return False
+        return tasks[0] if tasks else None
 
     async def run_one(self) -> bool:
         """Do the next piece of work in claim order, inline (the deterministic test mode):
@@ -249,6 +260,29 @@ class Worker:
         return Machine(wf, await self.backend.read_history(run_id))
 
     async def activate(self, claim: ClaimedRun) -> None:
+        """Process one claimed workflow task (no eager follow-up: claim order is kept)."""
+        await self._activate(claim, eager=False)
+
+    async def run_step(self, task: StepTask) -> None:
+        """Run one claimed step task (no eager follow-up: claim order is kept)."""
+        await self._run_step(task, eager=False)
+
+    def _pre_lease(self, commit: Commit, now: float) -> Commit:
+        """Lease the steps this commit schedules to this worker, up to its free slots, so
+        they run without a claim round trip (only on backends with ``supports_eager``)."""
+        budget = self.concurrency - self._inflight + 1
+        steps = []
+        for st in commit.steps:
+            if budget > 0:
+                budget -= 1
+                st = attrs.evolve(
+                    st, lease=secrets.randbits(62) | 1, lease_expires=now + self.step_lease_seconds
+                )
+            steps.append(st)
+        return attrs.evolve(commit, steps=tuple(steps))
+
+    async def _activate(self, claim: ClaimedRun, eager: bool = True) -> StepTask | None:
+        eager = eager and self._eager
         run = claim.run
         wf = self.workflows.get(run.workflow)
         if wf is None:
@@ -288,6 +322,8 @@ class Worker:
             claim.inbox[-1].id if claim.inbox else 0,
             self.engine.new_seed,
         )
+        if eager and commit.steps:
+            commit = self._pre_lease(commit, now)
         if not await self.backend.apply_commit(commit):
             self.stats["fenced"] += 1
             log.info("commit for run %s was fenced out (stale lease)", run.run_id)
@@ -302,6 +338,14 @@ class Worker:
                 await self.engine.apply_parent_close(run.run_id)
         else:
             self._remember(run.run_id, machine)
+        leased = [st for st in commit.steps if st.lease]
+        if not leased:
+            return None
+        for st in leased[1:]:  # the others get slots of their own
+            self._inflight += 1
+            assert self._tg is not None
+            self._tg.start_soon(self._guard, st)
+        return leased[0]
 
     def _remember(self, run_id: str, machine: Machine) -> None:
         self._cache[run_id] = machine
@@ -310,7 +354,8 @@ class Worker:
 
     # -- step tasks ----------------------------------------------------------------------------
 
-    async def run_step(self, task: StepTask) -> None:
+    async def _run_step(self, task: StepTask, eager: bool = True) -> ClaimedRun | None:
+        eager = eager and self._eager
         step = self.steps.get(task.name)
         started = time.perf_counter()
         if step is None:
@@ -341,13 +386,16 @@ class Worker:
             await self._failed(step, task, _Unretryable(str(exc)), time.perf_counter() - started)
             return
         self.stats["steps"] += 1
-        await self.backend.finish_step(
-            task.run_id,
-            task.seq,
-            task.lease,
-            ev.StepCompleted(task.seq, data, task.attempt),
-            self.clock.now(),
-        )
+        outcome = ev.StepCompleted(task.seq, data, task.attempt)
+        follow: ClaimedRun | None = None
+        if eager:
+            _, follow = await self.backend.finish_step_and_claim(
+                task.run_id, task.seq, task.lease, outcome, self.clock.now(), self.lease_seconds
+            )
+        else:
+            await self.backend.finish_step(
+                task.run_id, task.seq, task.lease, outcome, self.clock.now()
+            )
         if self.engine.observers.active:
             self.engine.observers.step_attempt(
                 task.run_id,
@@ -357,6 +405,7 @@ class Worker:
                 "completed",
                 time.perf_counter() - started,
             )
+        return follow
 
     async def _call(self, step: StepFunction, task: StepTask, info: StepInfo) -> Any:
         args = decode_args(step.fn, task.args)

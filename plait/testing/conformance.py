@@ -31,6 +31,8 @@ from ._conformance_commit import *  # noqa: F403
 from ._conformance_commit import __all__ as _commit_tests
 from ._conformance_concurrency import *  # noqa: F403
 from ._conformance_concurrency import __all__ as _concurrency_tests
+from ._conformance_eager import *  # noqa: F403
+from ._conformance_eager import __all__ as _eager_tests
 from ._conformance_queues import *  # noqa: F403
 from ._conformance_queues import __all__ as _queue_tests
 from ._conformance_store import *  # noqa: F403
@@ -39,7 +41,13 @@ from ._conformance_support import anyio_backend, conformance_backend, conformanc
 
 pytestmark = pytest.mark.anyio
 
-TESTS: tuple[str, ...] = (*_store_tests, *_commit_tests, *_queue_tests, *_concurrency_tests)
+TESTS: tuple[str, ...] = (
+    *_store_tests,
+    *_commit_tests,
+    *_queue_tests,
+    *_concurrency_tests,
+    *_eager_tests,
+)
 """The names of the conformance tests, in suite order."""
 
 __all__ = [
