@@ -18,10 +18,12 @@ import pytest
 
 import plait
 from plait.backends import _sqlite_schema as schema
+from plait.backends._sqlite_store import Store
 from plait.backends.base import (
     BackendError,
     Commit,
     Delivery,
+    EagerBackend,
     HookReg,
     HookResume,
     NewRun,
@@ -647,6 +649,245 @@ async def test_step_tasks_lease_redelivery_and_exactly_once_outcome(
     ]
 
 
+# -- eager dispatch --------------------------------------------------------------------------------
+
+TOKEN = 7_000_000_001
+
+
+def pre_leased(run_id: str, seq: int, expires: float, token: int = TOKEN) -> StepTask:
+    return StepTask(run_id, seq, f"s{seq}", [seq], 1, NOW, token, expires)
+
+
+def test_the_sqlite_backend_offers_eager_dispatch() -> None:
+    b = SqliteBackend("sqlite://:memory:")
+    assert b.supports_eager is True and isinstance(b, EagerBackend)
+
+
+@pytest.mark.anyio
+async def test_a_pre_leased_step_is_stored_leased_until_its_expiry(backend: SqliteBackend) -> None:
+    b = backend
+    await new_run(b, "r1")
+    steps = (pre_leased("r1", 1, NOW + 10), StepTask("r1", 2, "s2", [2], 1, NOW))
+    await claim_and_commit(b, "r1", steps=steps)
+    [other] = await b.claim_step_tasks(NOW + 5, 10, 30)  # only the step not pre-leased
+    assert other.seq == 2 and other.lease not in (0, TOKEN)
+    st = await b.state(NOW + 5)
+    assert (st.ready_steps, st.leased_steps, st.next_due) == (0, 2, NOW + 10)
+    assert await b.heartbeat_step("r1", 1, TOKEN, NOW + 5, 10)  # now until NOW + 15
+    assert await b.claim_step_tasks(NOW + 14, 10, 30) == []
+    assert await b.finish_step("r1", 1, TOKEN, ev.StepCompleted(1, "ok"), NOW + 14)
+    assert not await b.finish_step("r1", 1, TOKEN, ev.StepCompleted(1, "dup"), NOW + 14)
+    claim = await b.claim_workflow_task(NOW + 14, 30)
+    assert claim is not None and [e.event for e in claim.inbox] == [ev.StepCompleted(1, "ok")]
+
+
+@pytest.mark.anyio
+async def test_a_pre_leased_step_is_redelivered_once_its_lease_expires(
+    backend: SqliteBackend,
+) -> None:
+    b = backend
+    await new_run(b, "r1")
+    await claim_and_commit(b, "r1", steps=(pre_leased("r1", 1, NOW + 10),))
+    assert await b.claim_step_tasks(NOW + 9.9, 10, 30) == []
+    [again] = await b.claim_step_tasks(NOW + 10, 10, 30)  # the committer is gone: redelivered
+    assert (again.seq, again.attempt) == (1, 1) and again.lease not in (0, TOKEN)
+    assert not await b.heartbeat_step("r1", 1, TOKEN, NOW + 11, 30)
+    assert not await b.finish_step("r1", 1, TOKEN, ev.StepCompleted(1, "late"), NOW + 11)
+    assert not await b.retry_step("r1", 1, TOKEN, 2, NOW + 20)
+    assert await b.finish_step("r1", 1, again.lease, ev.StepCompleted(1, "ok"), NOW + 11)
+    claim = await b.claim_workflow_task(NOW + 11, 30)
+    assert claim is not None and [e.event for e in claim.inbox] == [ev.StepCompleted(1, "ok")]
+
+
+@pytest.mark.anyio
+async def test_a_pre_leased_step_retries_like_a_claimed_one(backend: SqliteBackend) -> None:
+    b = backend
+    await new_run(b, "r1")
+    await claim_and_commit(b, "r1", steps=(pre_leased("r1", 1, NOW + 10),))
+    assert await b.retry_step("r1", 1, TOKEN, 2, NOW + 20)  # released: no lease any more
+    assert not await b.finish_step("r1", 1, TOKEN, ev.StepCompleted(1, "x"), NOW + 21)
+    assert await b.claim_step_tasks(NOW + 19, 10, 30) == []
+    [retried] = await b.claim_step_tasks(NOW + 20, 10, 30)
+    assert (retried.attempt, retried.ready_at) == (2, NOW + 20)
+
+
+@pytest.mark.anyio
+async def test_finish_step_and_claim_claims_the_run_with_a_fencing_lease(
+    backend: SqliteBackend,
+) -> None:
+    b = backend
+    await new_run(b, "r1")
+    first = await b.claim_workflow_task(NOW, 30)
+    assert first is not None
+    events = (started("r1"), ev.StepScheduled(1, "s1", [1]))
+    commit = Commit(
+        "r1",
+        first.lease,
+        NOW,
+        events=events,
+        inbox_upto=first.inbox[-1].id,
+        status=RunStatus.RUNNING,
+        steps=(pre_leased("r1", 1, NOW + 30),),
+    )
+    assert await b.apply_commit(commit)
+    outcome = ev.StepCompleted(1, {"v": [1, 2]})
+    ok, claim = await b.finish_step_and_claim("r1", 1, TOKEN, outcome, NOW + 1, 10)
+    assert ok and claim is not None
+    assert claim.run.run_id == "r1" and claim.run.status is RunStatus.RUNNING
+    assert claim.lease > first.lease and claim.history_length == 2
+    assert [e.event for e in claim.inbox] == [outcome]
+    assert await b.claim_workflow_task(NOW + 1, 30) is None  # leased until NOW + 11
+    assert await b.finish_step_and_claim("r1", 1, TOKEN, outcome, NOW + 1, 10) == (False, None)
+    assert await b.renew_workflow_lease("r1", claim.lease, NOW + 5, 10)  # until NOW + 15
+    assert await b.claim_workflow_task(NOW + 14, 30) is None
+    again = await b.claim_workflow_task(NOW + 15, 30)  # expired: claimed again, fenced
+    assert again is not None and again.lease > claim.lease
+    assert [e.event for e in again.inbox] == [outcome]
+    stale = Commit("r1", claim.lease, NOW + 16, inbox_upto=claim.inbox[-1].id)
+    assert not await b.apply_commit(stale)
+    assert not await b.renew_workflow_lease("r1", claim.lease, NOW + 16, 10)
+    done = Commit(
+        "r1",
+        again.lease,
+        NOW + 16,
+        events=(ev.StepCompleted(1, "x"),),
+        inbox_upto=again.inbox[-1].id,
+        status=RunStatus.COMPLETED,
+        result=1,
+    )
+    assert await b.apply_commit(done)
+    assert await b.read_history("r1") == [*events, ev.StepCompleted(1, "x")]
+
+
+@pytest.mark.anyio
+async def test_finish_step_and_claim_refuses_a_stale_lease_and_changes_nothing(
+    backend: SqliteBackend,
+) -> None:
+    b = backend
+    await new_run(b, "r1")
+    await claim_and_commit(b, "r1", steps=(pre_leased("r1", 1, NOW + 10),))
+    [new] = await b.claim_step_tasks(NOW + 10, 10, 30)  # redelivered to someone else
+    stale = await b.finish_step_and_claim("r1", 1, TOKEN, ev.StepCompleted(1, "old"), NOW + 11, 30)
+    assert stale == (False, None)
+    assert await b.claim_workflow_task(NOW + 11, 30) is None  # nothing delivered or queued
+    st = await b.state(NOW + 11)
+    assert (st.leased_steps, st.ready_workflow_tasks, st.leased_workflow_tasks) == (1, 0, 0)
+    ok, claim = await b.finish_step_and_claim("r1", 1, new.lease, ev.StepCompleted(1), NOW + 12, 30)
+    assert ok and claim is not None and claim.run.run_id == "r1"
+    assert await b.finish_step_and_claim("r9", 1, 1, ev.StepCompleted(1), NOW, 30) == (False, None)
+
+
+@pytest.mark.anyio
+async def test_finish_step_and_claim_leaves_a_run_leased_by_another_alone(
+    backend: SqliteBackend,
+) -> None:
+    b = backend
+    await new_run(b, "r1")
+    steps = (pre_leased("r1", 1, NOW + 30), pre_leased("r1", 2, NOW + 30, TOKEN + 1))
+    await claim_and_commit(b, "r1", steps=steps)
+    ok, holder = await b.finish_step_and_claim("r1", 1, TOKEN, ev.StepCompleted(1), NOW + 1, 30)
+    assert ok and holder is not None
+    two = ev.StepCompleted(2, "two")
+    assert await b.finish_step_and_claim("r1", 2, TOKEN + 1, two, NOW + 2, 30) == (True, None)
+    assert await b.claim_workflow_task(NOW + 2, 30) is None  # still the holder's
+    upto = holder.inbox[-1].id
+    assert await b.apply_commit(Commit("r1", holder.lease, NOW + 3, inbox_upto=upto))
+    claim = await b.claim_workflow_task(NOW + 3, 30)  # requeued with the outcome it missed
+    assert claim is not None and [e.event for e in claim.inbox] == [two]
+
+
+@pytest.mark.anyio
+async def test_finish_step_and_claim_does_not_claim_a_task_queued_for_later(
+    backend: SqliteBackend,
+) -> None:
+    b = backend
+    await new_run(b, "r1")
+    await claim_and_commit(b, "r1", steps=(pre_leased("r1", 1, NOW + 30),))
+    assert await b.requeue_workflow_task("r1", NOW + 50)  # queued, ready at NOW + 50
+    assert await b.finish_step_and_claim("r1", 1, TOKEN, ev.StepCompleted(1), NOW + 1, 30) == (
+        True,
+        None,
+    )
+    assert await b.claim_workflow_task(NOW + 49, 30) is None
+    claim = await b.claim_workflow_task(NOW + 50, 30)
+    assert claim is not None and [e.event for e in claim.inbox] == [ev.StepCompleted(1)]
+
+
+@pytest.mark.anyio
+async def test_finish_step_and_claim_refuses_a_step_dropped_by_closing(
+    backend: SqliteBackend,
+) -> None:
+    b = backend
+    await new_run(b, "r1")
+    await claim_and_commit(b, "r1", steps=(pre_leased("r1", 1, NOW + 30),))
+    terminate = Commit("r1", None, NOW + 1, status=RunStatus.TERMINATED)
+    assert await b.apply_commit(terminate)  # closing drops the step with the run's other work
+    assert await b.finish_step_and_claim("r1", 1, TOKEN, ev.StepCompleted(1), NOW + 2, 30) == (
+        False,
+        None,
+    )
+    assert await b.claim_workflow_task(NOW + 2, 30) is None
+
+
+@pytest.mark.anyio
+async def test_eager_calls_keep_the_claim_hints_coherent(file_backend: SqliteBackend) -> None:
+    """Claims answered locally after eager calls are only those that would find nothing."""
+    b = file_backend
+    store = b._store
+    looks: list[str] = []
+    original = store.claim
+
+    def spy(fn: Any, *args: Any) -> Any:
+        looks.append(fn.__name__)
+        return original(fn, *args)
+
+    store.claim = spy  # type: ignore[method-assign]
+    await new_run(b, "r1")
+    await claim_and_commit(b, "r1", steps=(pre_leased("r1", 1, NOW + 30),))
+    looks.clear()
+    assert await b.claim_step_tasks(NOW + 1, 10, 30) == []  # the commit read the step queue
+    assert await b.claim_workflow_task(NOW + 1, 30) is None  # ...and the workflow queue
+    assert looks == []
+    ok, claim = await b.finish_step_and_claim("r1", 1, TOKEN, ev.StepCompleted(1), NOW + 2, 30)
+    assert ok and claim is not None
+    assert await b.claim_workflow_task(NOW + 3, 30) is None  # ours until NOW + 32: not asked
+    assert looks == []
+    again = await b.claim_workflow_task(NOW + 32, 30)  # the lease expired: asked, redelivered
+    assert again is not None and again.lease > claim.lease and looks == ["claim_workflow_task"]
+    assert await b.apply_commit(
+        Commit("r1", again.lease, NOW + 33, steps=(pre_leased("r1", 2, NOW + 40),))
+    )
+    assert await b.claim_step_tasks(NOW + 39, 10, 30) == []
+    [redelivered] = await b.claim_step_tasks(NOW + 40, 10, 30)  # known due at NOW + 40: asked
+    assert redelivered.seq == 2 and looks[-1] == "claim_step_tasks"
+
+
+@pytest.mark.anyio
+async def test_a_commit_of_self_leased_steps_wakes_no_waiter(file_backend: SqliteBackend) -> None:
+    """Only work someone else could take wakes ``wait``: not steps the committer leased."""
+    b = file_backend
+    await new_run(b, "r1")
+    claim = await b.claim_workflow_task(NOW, 30)
+    assert claim is not None
+    before = b._changes
+    commit = Commit(
+        "r1",
+        claim.lease,
+        NOW,
+        inbox_upto=claim.inbox[-1].id,
+        steps=(pre_leased("r1", 1, NOW + 30),),
+    )
+    assert await b.apply_commit(commit)
+    assert b._changes == before
+    ok, mine = await b.finish_step_and_claim("r1", 1, TOKEN, ev.StepCompleted(1), NOW, 30)
+    assert ok and mine is not None and b._changes == before
+    commit = Commit(
+        "r1", mine.lease, NOW, inbox_upto=mine.inbox[-1].id, steps=(StepTask("r1", 2, "s", []),)
+    )
+    assert await b.apply_commit(commit)  # a step anyone may claim: wake
+    assert b._changes == before + 1
+
+
 @pytest.mark.anyio
 async def test_timers_fire_in_order_once_and_can_be_cancelled(backend: SqliteBackend) -> None:
     b = backend
@@ -850,6 +1091,165 @@ async def test_a_cancelled_caller_leaves_the_backend_usable(backend: SqliteBacke
     await new_run(backend, "r2")
     runs = {r.run_id for r in await backend.list_runs()}
     assert "r2" in runs
+
+
+# -- transactions: groups, upgrades, RETURNING ---------------------------------------------------
+
+
+def open_store(path: Path, query: str = "") -> Store:
+    store = Store(schema.parse_url(url_of(path, query)))
+    store.open()
+    return store
+
+
+def test_a_group_is_one_transaction_and_a_failing_job_rolls_back_alone(db_path: Path) -> None:
+    store = open_store(db_path)
+    try:
+        assert store.write(store.create_run, record("r1"), (started("r1"),), NOW) == ("r1", True)
+        claim, _ = store.claim(store.claim_workflow_task, NOW, 30)
+        assert claim is not None
+        # Fails half way: after appending its events, on a result that JSON cannot hold.
+        bad = Commit(
+            "r1",
+            claim.lease,
+            NOW,
+            events=(ev.Activated(NOW),),
+            status=RunStatus.COMPLETED,
+            result=float("nan"),
+        )
+        statements: list[str] = []
+        assert store.con is not None
+        store.con.set_trace_callback(statements.append)
+        write, take = store.write, store.claim
+        outcomes = store.group(
+            [
+                (write, (store.create_run, record("r2"), (started("r2"),), NOW)),
+                (write, (store.apply_commit, bad)),
+                (write, (store.append_inbox, "r1", (ev.SignalReceived("x"),), NOW)),
+                (take, (store.claim_workflow_task, NOW, 30)),
+            ]
+        )
+        store.con.set_trace_callback(None)
+        assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+        assert outcomes[0] == (("r2", True), None)
+        assert outcomes[1][0] is None and isinstance(outcomes[1][1], ValueError)
+        assert outcomes[2] == (True, None)
+        other, _ = outcomes[3][0]
+        assert other is not None and other.run.run_id == "r2"  # r1 is still leased
+        assert store.read(store.read_history, "r1") == []  # the failed commit left nothing
+        upto = claim.inbox[-1].id
+        ok, _ = store.write(store.apply_commit, Commit("r1", claim.lease, NOW, inbox_upto=upto))
+        assert ok  # the lease survived the failed commit
+        again, _ = store.claim(store.claim_workflow_task, NOW, 30)
+        assert again is not None and [e.event for e in again.inbox] == [ev.SignalReceived("x")]
+        assert again.inbox[0].id > upto
+    finally:
+        store.close()
+
+
+def test_a_group_that_cannot_begin_fails_every_job_and_applies_none(db_path: Path) -> None:
+    store = open_store(db_path, "busy_timeout=50")
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        jobs = [(store.write, (store.create_run, record(r), (), NOW)) for r in ("a", "b")]
+        outcomes = store.group(jobs)
+        assert [type(exc) for _, exc in outcomes] == [sqlite3.OperationalError] * 2
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.get_run("a") is None and store.get_run("b") is None
+    store.close()
+
+
+@pytest.mark.anyio
+async def test_queued_writes_share_a_transaction_in_submission_order(db_path: Path) -> None:
+    b = SqliteBackend(url_of(db_path))
+    sizes: list[int] = []
+    original = b._store.group
+
+    def spy(jobs: Any) -> Any:
+        sizes.append(len(jobs))
+        return original(jobs)
+
+    b._store.group = spy  # type: ignore[method-assign]
+    await b.open()
+    assert b._thread is not None
+    gate = threading.Event()
+    seen: dict[str, Any] = {}
+
+    async def look(run_id: str) -> None:
+        seen[run_id] = await b.get_run(run_id)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b._thread.call, gate.wait)  # holds the thread while the rest queue
+            await anyio.sleep(0.05)
+            for run_id in ("a", "b"):
+                tg.start_soon(new_run, b, run_id)
+            tg.start_soon(look, "b")  # not groupable: ends the first group, runs after it
+            for run_id in ("c", "d", "e"):
+                tg.start_soon(new_run, b, run_id)
+            await anyio.sleep(0.05)
+            gate.set()
+        assert sizes == [2, 3]
+        assert seen["b"] is not None and seen["b"].run_id == "b"
+        assert [r.run_id for r in await b.list_runs()] == ["a", "b", "c", "d", "e"]
+    finally:
+        await b.close()
+
+
+def test_a_claim_whose_snapshot_went_stale_is_made_again_under_the_write_lock(
+    db_path: Path,
+) -> None:
+    store, other = open_store(db_path), open_store(db_path)
+    try:
+        store.write(store.create_run, record("r1"), (started("r1"),), NOW)
+        attempts: list[bool] = []
+
+        def racing(now: float, lease_seconds: float) -> Any:
+            assert store.con is not None
+            attempts.append(store.con.in_transaction)
+            if len(attempts) == 1:  # our snapshot is taken, then another connection writes
+                store.con.execute("SELECT count(*) FROM plait_runs").fetchone()
+                other.write(other.append_inbox, "r1", (ev.SignalReceived("x"),), NOW)
+            return store.claim_workflow_task(now, lease_seconds)
+
+        claim, _ = store.claim(racing, NOW, 30)
+        assert len(attempts) == 2  # the upgrade was refused; the claim was made again
+        assert claim is not None and claim.lease == 1
+        assert [e.event for e in claim.inbox] == [started("r1"), ev.SignalReceived("x")]
+    finally:
+        store.close()
+        other.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("returning", [True, False])
+async def test_claims_with_and_without_update_returning(db_path: Path, returning: bool) -> None:
+    """SQLite before 3.35 has no ``UPDATE ... RETURNING``: claims read the row back then."""
+    b = SqliteBackend(url_of(db_path))
+    b._store.returning = returning and schema.HAS_RETURNING
+    try:
+        await new_run(b, "r1")
+        first = await b.claim_workflow_task(NOW, 30)
+        assert first is not None and first.lease == 1 and first.history_length == 0
+        commit = Commit(
+            "r1",
+            first.lease,
+            NOW,
+            events=(started("r1"),),
+            inbox_upto=first.inbox[-1].id,
+            status=RunStatus.RUNNING,
+            steps=(pre_leased("r1", 1, NOW + 30),),
+        )
+        assert await b.apply_commit(commit)
+        ok, claim = await b.finish_step_and_claim("r1", 1, TOKEN, ev.StepCompleted(1), NOW, 30)
+        assert ok and claim is not None
+        assert (claim.lease, claim.history_length, claim.run.status) == (2, 1, RunStatus.RUNNING)
+        assert [e.event for e in claim.inbox] == [ev.StepCompleted(1)]
+    finally:
+        await b.close()
 
 
 # -- several processes -----------------------------------------------------------------------
