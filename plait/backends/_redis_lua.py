@@ -1,0 +1,554 @@
+"""The Lua scripts of the Redis backend: one script per atomic protocol operation.
+
+Every script gets the key prefix as ``ARGV[1]``, the wake-up message to publish as ``ARGV[2]``
+(empty: publish nothing), the kinds of queue summary wanted back and their time as ``ARGV[3]``
+and ``ARGV[4]``, then its own arguments (``A[1]``...). The scripts only store, move and index
+strings the Python side encoded (events, records, scores) and check uniqueness (keys, hook
+tokens, run ids) and fencing tokens: no business rule lives here. Times and step leases travel as
+strings (``repr(float)``, ``str(int)``), never as Lua numbers: Redis formats a Lua number
+argument with 14 significant digits, and a Lua number is a double.
+
+Key layout under the prefix ``p`` (see docs/backends/redis.md):
+
+* ``p meta`` hash: ``magic`` = plait, ``version``.
+* ``p n`` / ``p iid`` / ``p sl``: counters for enqueue order, inbox entry ids, step leases.
+* ``p run:<id>`` hash: the record (``w s c k pr ps pc qu res err ca ct br``; ``x`` = closed),
+  ``o`` creation order, ``f`` fencing token, ``q``/``qr`` the queued workflow task's member and
+  ready time, ``lx`` the lease expiry while a workflow lease is held, ``cid`` the id of the last
+  commit applied (so a commit re-sent after a lost reply is recognised).
+* ``p hist:<id>`` list of event JSON; ``p inbox:<id>`` list of ``"<entry id> <event JSON>"``.
+* ``p runs`` zset (all runs), ``p st:<status>``, ``p bywf:<workflow>``, ``p kids:<parent>``:
+  run ids scored by creation order, for ``list_runs``.
+* ``p keys`` hash key -> run id (open runs only); ``p hooks`` hash token -> ``"<seq>|<run>"``
+  (open hooks only) and ``p rh:<run>`` set of that run's tokens.
+* ``p wfq`` zset of ready workflow tasks (score ready time; member ``"<order>|<run>"``, the
+  zero-padded order breaking ties); ``p wflease`` the leased ones, scored by lease expiry.
+* ``p step:<run>:<seq>`` hash (``d`` = JSON [name, args], ``a`` attempt, ``r`` ready time,
+  ``l`` lease, ``m`` member, ``x`` lease expiry); ``p rs:<run>`` set of the run's step seqs;
+  ``p stepq`` / ``p steplease`` zsets as for workflow tasks (member ``"<order>|<seq>|<run>"``).
+* ``p timers`` zset (score fire time, member ``"<order>|<seq>|<run>"``) and ``p rt:<run>`` hash
+  seq -> member.
+* ``p req:<uuid>``: the remembered answer of a non-idempotent call, so a retry after a lost
+  reply does not apply it twice.
+
+An expired lease stays in the lease zset until a claim (or ``state``) moves it back into the
+ready zset with its original ready time and order: expiry only makes the task claimable again,
+exactly as in the memory backend, and the old holder may still renew or finish while nobody
+else has claimed it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SCRIPTS", "PRELUDE"]
+
+PRELUDE = r"""
+local P = ARGV[1]
+local WAKE = ARGV[2]
+local A = {}
+for i = 5, #ARGV do A[#A + 1] = ARGV[i] end
+
+local function pad(n) return string.format('%016d', n) end
+local function nxt() return redis.call('INCR', P .. 'n') end
+local function runkey(rid) return P .. 'run:' .. rid end
+local function stepkey(rid, seq) return P .. 'step:' .. rid .. ':' .. seq end
+
+-- WAKE is "<n> <message>": publish the message unless the channel's only subscribers are the
+-- caller's own n (its process learns of its own changes locally).
+local function wake()
+  if WAKE == '' then return end
+  local ours, msg = string.match(WAKE, '^(%d+) (.*)$')
+  if redis.call('PUBSUB', 'NUMSUB', P .. 'wake')[2] > tonumber(ours) then
+    redis.call('PUBLISH', P .. 'wake', msg)
+  end
+end
+
+local function is_open(rk)
+  local v = redis.call('HMGET', rk, 's', 'x')
+  return v[1] and not v[2]
+end
+
+-- Queue the run's workflow task unless one is queued or leased already.
+local function wf_queue(rid, rk, ready)
+  if redis.call('HEXISTS', rk, 'q') == 1 then return end
+  local m = pad(nxt()) .. '|' .. rid
+  redis.call('HSET', rk, 'q', m, 'qr', ready)
+  redis.call('ZADD', P .. 'wfq', ready, m)
+end
+
+-- Append one event to an open run's inbox and queue its workflow task.
+local function deliver(rid, ev, now)
+  local rk = runkey(rid)
+  if not is_open(rk) then return false end
+  local id = redis.call('INCR', P .. 'iid')
+  redis.call('RPUSH', P .. 'inbox:' .. rid, id .. ' ' .. ev)
+  wf_queue(rid, rk, now)
+  return true
+end
+
+local function deliver_d(d, now)
+  if d then deliver(d[1], d[2], now) end
+end
+
+local function push_all(key, items)
+  local n = #items
+  local i = 1
+  while i <= n do
+    local j = math.min(i + 999, n)
+    redis.call('RPUSH', key, unpack(items, i, j))
+    i = j + 1
+  end
+end
+
+-- Create a run: { id, fields (flat), key, status, workflow, parent, inbox events }.
+local function insert_run(nr, now)
+  local rid = nr[1]
+  local rk = runkey(rid)
+  local o = nxt()
+  redis.call('HSET', rk, 'o', o, 'f', 0, unpack(nr[2]))
+  redis.call('ZADD', P .. 'runs', o, rid)
+  redis.call('ZADD', P .. 'st:' .. nr[4], o, rid)
+  redis.call('ZADD', P .. 'bywf:' .. nr[5], o, rid)
+  if nr[6] then redis.call('ZADD', P .. 'kids:' .. nr[6], o, rid) end
+  if nr[3] then redis.call('HSET', P .. 'keys', nr[3], rid) end
+  for _, ev in ipairs(nr[7]) do deliver(rid, ev, now) end
+end
+
+-- Move expired leases (score <= now) back to the ready zset with their original score.
+local function unlease_wf(now)
+  local gone = redis.call('ZRANGEBYSCORE', P .. 'wflease', '-inf', now)
+  for _, m in ipairs(gone) do
+    local rid = string.sub(m, 18)
+    redis.call('ZREM', P .. 'wflease', m)
+    local qr = redis.call('HGET', runkey(rid), 'qr')
+    if qr then redis.call('ZADD', P .. 'wfq', qr, m) end
+  end
+end
+
+local function unlease_steps(now)
+  local gone = redis.call('ZRANGEBYSCORE', P .. 'steplease', '-inf', now)
+  for _, m in ipairs(gone) do
+    local seq, rid = string.match(m, '^%d+|(%-?%d+)|(.*)$')
+    redis.call('ZREM', P .. 'steplease', m)
+    local r = redis.call('HGET', stepkey(rid, seq), 'r')
+    if r then redis.call('ZADD', P .. 'stepq', r, m) end
+  end
+end
+
+local function remove_step(rid, seq)
+  local sk = stepkey(rid, seq)
+  local m = redis.call('HGET', sk, 'm')
+  if m then
+    redis.call('ZREM', P .. 'stepq', m)
+    redis.call('ZREM', P .. 'steplease', m)
+  end
+  redis.call('DEL', sk)
+  redis.call('SREM', P .. 'rs:' .. rid, seq)
+end
+
+-- A step task; with a lease and its expiry (eager dispatch) it is stored already leased.
+local function add_step(rid, seq, d, attempt, ready, lease, expires)
+  remove_step(rid, seq)
+  local m = pad(nxt()) .. '|' .. seq .. '|' .. rid
+  local sk = stepkey(rid, seq)
+  redis.call('SADD', P .. 'rs:' .. rid, seq)
+  if lease ~= '0' and expires then
+    redis.call('HSET', sk, 'd', d, 'a', attempt, 'r', ready, 'l', lease, 'm', m, 'x', expires)
+    redis.call('ZADD', P .. 'steplease', expires, m)
+  else
+    redis.call('HSET', sk, 'd', d, 'a', attempt, 'r', ready, 'l', 0, 'm', m)
+    redis.call('ZADD', P .. 'stepq', ready, m)
+  end
+end
+
+-- Lease the queued workflow task ``m`` (member of wfq) until ``expires``.
+local function claim_task(m, expires)
+  local rid = string.sub(m, 18)
+  local rk = runkey(rid)
+  local fence = redis.call('HINCRBY', rk, 'f', 1)
+  redis.call('HSET', rk, 'lx', expires)
+  redis.call('ZREM', P .. 'wfq', m)
+  redis.call('ZADD', P .. 'wflease', expires, m)
+  return {rid, fence, redis.call('HGETALL', rk),
+    redis.call('LRANGE', P .. 'inbox:' .. rid, 0, -1), redis.call('LLEN', P .. 'hist:' .. rid)}
+end
+
+local function cancel_timer(rid, seq)
+  local rt = P .. 'rt:' .. rid
+  local m = redis.call('HGET', rt, seq)
+  if m then
+    redis.call('ZREM', P .. 'timers', m)
+    redis.call('HDEL', rt, seq)
+  end
+end
+
+-- Deliver HookReceived for an open hook: returns its run id, or false.
+local function resume(token, pre, post, now)
+  local owner = redis.call('HGET', P .. 'hooks', token)
+  if not owner then return false end
+  local seq, rid = string.match(owner, '^(%-?%d+)|(.*)$')
+  deliver(rid, pre .. seq .. post, now)
+  return rid
+end
+
+-- A workflow task stops being queued or leased.
+local function wf_unqueue(rk)
+  local m = redis.call('HGET', rk, 'q')
+  if m then
+    redis.call('ZREM', P .. 'wfq', m)
+    redis.call('ZREM', P .. 'wflease', m)
+  end
+  redis.call('HDEL', rk, 'q', 'qr', 'lx')
+end
+
+-- A closing run releases its key and hooks, drops its steps, timers, task and inbox.
+local function drop_pending(rid, rk)
+  local key = redis.call('HGET', rk, 'k')
+  if key and redis.call('HGET', P .. 'keys', key) == rid then
+    redis.call('HDEL', P .. 'keys', key)
+  end
+  local rh = P .. 'rh:' .. rid
+  for _, token in ipairs(redis.call('SMEMBERS', rh)) do
+    local owner = redis.call('HGET', P .. 'hooks', token)
+    if owner and string.match(owner, '^%-?%d+|(.*)$') == rid then
+      redis.call('HDEL', P .. 'hooks', token)
+    end
+  end
+  redis.call('DEL', rh)
+  for _, seq in ipairs(redis.call('SMEMBERS', P .. 'rs:' .. rid)) do remove_step(rid, seq) end
+  local rt = P .. 'rt:' .. rid
+  local tm = redis.call('HGETALL', rt)
+  for i = 2, #tm, 2 do redis.call('ZREM', P .. 'timers', tm[i]) end
+  redis.call('DEL', rt)
+  local m = redis.call('HGET', rk, 'q')
+  if m then
+    redis.call('ZREM', P .. 'wfq', m)
+    redis.call('ZREM', P .. 'wflease', m)
+  end
+  redis.call('HDEL', rk, 'q', 'qr')
+  redis.call('DEL', P .. 'inbox:' .. rid)
+end
+
+local function min_above(key, now)
+  local r = redis.call('ZRANGEBYSCORE', key, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  return r[2] or false
+end
+
+local function first_score(key)
+  return redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2] or false
+end
+
+-- What is queued, as of ARGV[4], for each kind in ARGV[3] ('w' workflow tasks, 's' steps,
+-- 't' timers): the Python side caches these to answer claims and ``state`` without a trip.
+local function summaries()
+  local now = ARGV[4]
+  local out = {}
+  for kind in string.gmatch(ARGV[3], '.') do
+    if kind == 'w' then
+      unlease_wf(now)
+      out[#out + 1] = {redis.call('ZCOUNT', P .. 'wfq', '-inf', now),
+        redis.call('ZCARD', P .. 'wflease'), min_above(P .. 'wfq', now),
+        first_score(P .. 'wflease')}
+    elseif kind == 's' then
+      unlease_steps(now)
+      out[#out + 1] = {redis.call('ZCOUNT', P .. 'stepq', '-inf', now),
+        redis.call('ZCARD', P .. 'steplease'), min_above(P .. 'stepq', now),
+        first_score(P .. 'steplease')}
+    else
+      out[#out + 1] = {redis.call('ZCOUNT', P .. 'timers', '-inf', now),
+        redis.call('ZCARD', P .. 'timers'), min_above(P .. 'timers', now), false}
+    end
+  end
+  return out
+end
+
+-- One JSON string: a single bulk reply is far cheaper for the client to parse than nested
+-- arrays. Only strings, small integers and booleans go in (no float is re-encoded).
+local function reply(result)
+  return cjson.encode({result, summaries()})
+end
+"""
+
+# Script arguments (after P, wake message, summary kinds, summary time) are A[1], A[2], ...
+# Each script returns reply(result): the JSON of [result, summaries].
+
+# A: run JSON [id, fields, key, status, workflow, parent, inbox], now
+CREATE_RUN = r"""
+local nr = cjson.decode(A[1])
+if nr[3] then
+  local holder = redis.call('HGET', P .. 'keys', nr[3])
+  if holder then return reply({holder, 0}) end
+end
+if redis.call('EXISTS', runkey(nr[1])) == 1 then return reply({nr[1], 0}) end
+insert_run(nr, A[2])
+wake()
+return reply({nr[1], 1})
+"""
+
+# A: run_id, request id, now, events...
+APPEND_INBOX = r"""
+local rid = A[1]
+local req = P .. 'req:' .. A[2]
+local prev = redis.call('GET', req)
+if prev then return reply(tonumber(prev)) end
+local ok = 0
+if is_open(runkey(rid)) then
+  for i = 4, #A do deliver(rid, A[i], A[3]) end
+  ok = 1
+  wake()
+end
+redis.call('SET', req, ok, 'EX', 86400)
+return reply(ok)
+"""
+
+# A: run_id, events...
+APPEND_HISTORY = r"""
+if redis.call('EXISTS', runkey(A[1])) == 0 then return reply(0) end
+local evs = {}
+for i = 2, #A do evs[#evs + 1] = A[i] end
+push_all(P .. 'hist:' .. A[1], evs)
+return reply(1)
+"""
+
+# A: now, lease expiry
+CLAIM_WORKFLOW = r"""
+unlease_wf(A[1])
+local first = redis.call('ZRANGEBYSCORE', P .. 'wfq', '-inf', A[1], 'LIMIT', 0, 1)
+if not first[1] then return reply(false) end
+return reply(claim_task(first[1], A[2]))
+"""
+
+# A: run_id, lease, expiry
+RENEW_WORKFLOW = r"""
+local rk = runkey(A[1])
+local v = redis.call('HMGET', rk, 'f', 'lx', 'q')
+if v[1] ~= A[2] or not v[2] then return reply(0) end
+redis.call('HSET', rk, 'lx', A[3])
+redis.call('ZREM', P .. 'wfq', v[3])
+redis.call('ZADD', P .. 'wflease', A[3], v[3])
+return reply(1)
+"""
+
+# A: run_id, now
+REQUEUE_WORKFLOW = r"""
+local rk = runkey(A[1])
+if not is_open(rk) then return reply(0) end
+wf_queue(A[1], rk, A[2])
+wake()
+return reply(1)
+"""
+
+# A: commit JSON (see redis.py _commit_json)
+APPLY_COMMIT = r"""
+local c = cjson.decode(A[1])
+local rid = c.r
+local rk = runkey(rid)
+local now = c.now
+local cur = redis.call('HMGET', rk, 's', 'x', 'f', 'lx', 'o', 'cid')
+-- The same commit sent again after its reply was lost: it is in already.
+if cur[6] and cur[6] == c.id then return reply(1) end
+if not cur[1] or cur[2] then return reply(0) end
+if c.l < 0 then
+  redis.call('HINCRBY', rk, 'f', 1)
+elseif tonumber(cur[3]) ~= c.l or not cur[4] then
+  return reply(0)
+end
+if #c.ev > 0 then push_all(P .. 'hist:' .. rid, c.ev) end
+local ib = P .. 'inbox:' .. rid
+if c.up > 0 then
+  local entries = redis.call('LRANGE', ib, 0, -1)
+  local k = 0
+  for _, e in ipairs(entries) do
+    if tonumber(string.sub(e, 1, string.find(e, ' ', 1, true) - 1)) <= c.up then
+      k = k + 1
+    else
+      break
+    end
+  end
+  if k > 0 then redis.call('LTRIM', ib, k, -1) end
+end
+if #c.set > 0 then redis.call('HSET', rk, unpack(c.set)) end
+if c.s and c.s ~= cur[1] then
+  redis.call('ZREM', P .. 'st:' .. cur[1], rid)
+  redis.call('ZADD', P .. 'st:' .. c.s, cur[5], rid)
+end
+redis.call('HSET', rk, 'cid', c.id)
+if c.br then redis.call('HSET', rk, 'br', c.br) else redis.call('HDEL', rk, 'br') end
+if c.cl then redis.call('HSET', rk, 'x', 1, 'ca', now) end
+for _, s in ipairs(c.st) do add_step(s[1], s[2], s[3], s[4], s[5], s[6], s[7]) end
+for _, t in ipairs(c.tm) do
+  local trt = P .. 'rt:' .. t[1]
+  local old = redis.call('HGET', trt, t[2])
+  if old then redis.call('ZREM', P .. 'timers', old) end
+  local m = pad(nxt()) .. '|' .. t[2] .. '|' .. t[1]
+  redis.call('ZADD', P .. 'timers', t[3], m)
+  redis.call('HSET', trt, t[2], m)
+end
+for _, seq in ipairs(c.ct) do cancel_timer(rid, seq) end
+-- Disposals first: a token closed and opened again in one activation moves to the new hook.
+for _, token in ipairs(c.dh) do
+  local owner = redis.call('HGET', P .. 'hooks', token)
+  if owner and string.match(owner, '^%-?%d+|(.*)$') == rid then
+    redis.call('HDEL', P .. 'hooks', token)
+    redis.call('SREM', P .. 'rh:' .. rid, token)
+  end
+end
+for _, h in ipairs(c.hk) do
+  if redis.call('HSETNX', P .. 'hooks', h[1], h[2] .. '|' .. rid) == 1 then
+    redis.call('SADD', P .. 'rh:' .. rid, h[1])
+  else
+    deliver_d(h[3], now)
+  end
+end
+if c.cl then drop_pending(rid, rk) end
+for _, nr in ipairs(c.nr) do
+  if redis.call('EXISTS', runkey(nr[1])) == 0 then
+    if nr[3] and redis.call('HEXISTS', P .. 'keys', nr[3]) == 1 then
+      deliver_d(nr[9], now)
+    else
+      insert_run(nr, now)
+      deliver_d(nr[8], now)
+    end
+  end
+end
+for _, hr in ipairs(c.hr) do
+  if resume(hr[1], hr[2], hr[3], now) then deliver_d(hr[4], now) else deliver_d(hr[5], now) end
+end
+for _, d in ipairs(c.dl) do deliver(d[1], d[2], now) end
+wf_unqueue(rk)
+if not c.cl and c.rq and redis.call('LLEN', ib) > 0 then wf_queue(rid, rk, now) end
+wake()
+return reply(1)
+"""
+
+# A: now, limit, lease expiry
+CLAIM_STEPS = r"""
+local now = A[1]
+unlease_steps(now)
+local due = redis.call('ZRANGEBYSCORE', P .. 'stepq', '-inf', now, 'LIMIT', 0, tonumber(A[2]))
+local out = {}
+for _, m in ipairs(due) do
+  local seq, rid = string.match(m, '^%d+|(%-?%d+)|(.*)$')
+  local sk = stepkey(rid, seq)
+  local lease = redis.call('INCR', P .. 'sl')
+  redis.call('HSET', sk, 'l', lease, 'x', A[3])
+  redis.call('ZREM', P .. 'stepq', m)
+  redis.call('ZADD', P .. 'steplease', A[3], m)
+  local v = redis.call('HMGET', sk, 'd', 'a', 'r')
+  out[#out + 1] = {rid, seq, v[1], v[2], v[3], lease}
+end
+return reply(out)
+"""
+
+# A: run_id, seq, lease, expiry
+HEARTBEAT_STEP = r"""
+local sk = stepkey(A[1], A[2])
+local v = redis.call('HMGET', sk, 'l', 'm')
+if not v[1] or v[1] ~= A[3] then return reply(0) end
+redis.call('HSET', sk, 'x', A[4])
+redis.call('ZREM', P .. 'stepq', v[2])
+redis.call('ZADD', P .. 'steplease', A[4], v[2])
+return reply(1)
+"""
+
+# A: run_id, seq, lease, outcome event JSON, now
+FINISH_STEP = r"""
+if redis.call('HGET', stepkey(A[1], A[2]), 'l') ~= A[3] then return reply(0) end
+remove_step(A[1], A[2])
+deliver(A[1], A[4], A[5])
+wake()
+return reply(1)
+"""
+
+# A: run_id, seq, lease, outcome event JSON, now, workflow lease expiry
+FINISH_STEP_AND_CLAIM = r"""
+local rid, now = A[1], A[5]
+if redis.call('HGET', stepkey(rid, A[2]), 'l') ~= A[3] then return reply({0, false}) end
+remove_step(rid, A[2])
+deliver(rid, A[4], now)
+wake()
+local v = redis.call('HMGET', runkey(rid), 'q', 'qr', 'lx')
+if not v[1] or tonumber(v[2]) > tonumber(now) or (v[3] and tonumber(v[3]) > tonumber(now)) then
+  return reply({1, false})
+end
+return reply({1, claim_task(v[1], A[6])})
+"""
+
+# A: run_id, seq, lease, attempt, ready_at
+RETRY_STEP = r"""
+local rid, seq = A[1], A[2]
+local sk = stepkey(rid, seq)
+local v = redis.call('HMGET', sk, 'l', 'm')
+if not v[1] or v[1] ~= A[3] then return reply(0) end
+redis.call('ZREM', P .. 'stepq', v[2])
+redis.call('ZREM', P .. 'steplease', v[2])
+local m = pad(nxt()) .. '|' .. seq .. '|' .. rid
+redis.call('HSET', sk, 'a', A[4], 'r', A[5], 'l', 0, 'm', m)
+redis.call('HDEL', sk, 'x')
+redis.call('ZADD', P .. 'stepq', A[5], m)
+wake()
+return reply(1)
+"""
+
+# A: now, limit, TimerFired JSON before the seq, after the seq
+FIRE_TIMERS = r"""
+local now = A[1]
+local due = redis.call('ZRANGEBYSCORE', P .. 'timers', '-inf', now, 'LIMIT', 0, tonumber(A[2]))
+for _, m in ipairs(due) do
+  local seq, rid = string.match(m, '^%d+|(%-?%d+)|(.*)$')
+  redis.call('ZREM', P .. 'timers', m)
+  redis.call('HDEL', P .. 'rt:' .. rid, seq)
+  deliver(rid, A[3] .. seq .. A[4], now)
+end
+if #due > 0 then wake() end
+return reply(#due)
+"""
+
+# A: token, request id, HookReceived JSON before the seq, after the seq, now
+RESUME_HOOK = r"""
+local req = P .. 'req:' .. A[2]
+local prev = redis.call('GET', req)
+if prev then return reply(prev) end
+local rid = resume(A[1], A[3], A[4], A[5]) or ''
+if rid ~= '' then wake() end
+redis.call('SET', req, rid, 'EX', 86400)
+return reply(rid)
+"""
+
+# (no arguments: the summaries are the answer)
+STATE = r"""
+return reply(0)
+"""
+
+# A: magic, version
+SCHEMA = r"""
+local meta = P .. 'meta'
+local t = redis.call('TYPE', meta)['ok']
+if t == 'none' then
+  redis.call('HSET', meta, 'magic', A[1], 'version', A[2])
+elseif t ~= 'hash' then
+  return reply({'', t})
+end
+return reply(redis.call('HMGET', meta, 'magic', 'version'))
+"""
+
+_BODIES = {
+    "create_run": CREATE_RUN,
+    "append_inbox": APPEND_INBOX,
+    "append_history": APPEND_HISTORY,
+    "claim_workflow": CLAIM_WORKFLOW,
+    "renew_workflow": RENEW_WORKFLOW,
+    "requeue_workflow": REQUEUE_WORKFLOW,
+    "apply_commit": APPLY_COMMIT,
+    "claim_steps": CLAIM_STEPS,
+    "heartbeat_step": HEARTBEAT_STEP,
+    "finish_step": FINISH_STEP,
+    "finish_step_and_claim": FINISH_STEP_AND_CLAIM,
+    "retry_step": RETRY_STEP,
+    "fire_timers": FIRE_TIMERS,
+    "resume_hook": RESUME_HOOK,
+    "state": STATE,
+    "schema": SCHEMA,
+}
+
+SCRIPTS: dict[str, str] = {name: PRELUDE + body for name, body in _BODIES.items()}
+"""Script name -> full Lua source (the shared prelude followed by the operation)."""
