@@ -15,7 +15,7 @@ import attrs
 from ..kernel.codec import event_to_dict
 from ..kernel.errors import ErrorInfo
 from ..kernel.status import RunStatus
-from .base import BackendError, Commit, Delivery, RunRecord
+from .base import BackendError, Commit, Delivery, RunRecord, StepTask
 
 __all__ = [
     "MISSING_EXTRA",
@@ -135,8 +135,9 @@ def rec_from_dict(d: dict[str, Any]) -> RunRecord:
     )
 
 
-def commit_doc(c: Commit) -> str:
-    """The JSON document the server's ``commit_one`` applies (empty parts left out)."""
+def commit_doc(c: Commit, own: bool = False) -> str:
+    """The JSON document the server's ``commit_one`` (or, when ``own``: the commit writes to
+    its run only, ``commit_run``) applies; empty parts left out."""
     doc: dict[str, Any] = {
         "run_id": c.run_id,
         "lease": c.lease,
@@ -144,6 +145,8 @@ def commit_doc(c: Commit) -> str:
         "inbox_upto": c.inbox_upto,
         "requeue": c.requeue,
     }
+    if own:
+        doc["own"] = True
     if c.events:
         doc["events"] = [event_to_dict(e) for e in c.events]
     if c.status is not None:
@@ -157,7 +160,7 @@ def commit_doc(c: Commit) -> str:
     if c.continued_to is not None:
         doc["continued_to"] = c.continued_to
     if c.steps:
-        doc["steps"] = [[s.run_id, s.seq, s.name, s.args, s.attempt, s.ready_at] for s in c.steps]
+        doc["steps"] = [_step_doc(s) for s in c.steps]
     if c.timers:
         doc["timers"] = [[t.run_id, t.seq, t.fire_at] for t in c.timers]
     if c.cancel_timers:
@@ -183,6 +186,15 @@ def commit_doc(c: Commit) -> str:
     if c.deliveries:
         doc["deliveries"] = [_dl(d) for d in c.deliveries]
     return dumps(doc)
+
+
+def _step_doc(s: StepTask) -> list[Any]:
+    """``[run_id, seq, name, args, attempt, ready_at]``, plus ``lease, lease_expires`` for a
+    pre-leased step (eager dispatch)."""
+    doc = [s.run_id, s.seq, s.name, s.args, s.attempt, s.ready_at]
+    if s.lease and s.lease_expires is not None:
+        doc += [s.lease, s.lease_expires]
+    return doc
 
 
 def commit_locks(c: Commit, into: set[str]) -> None:

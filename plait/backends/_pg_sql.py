@@ -14,7 +14,7 @@ back and the client retries it.
 
 from __future__ import annotations
 
-__all__ = ["V1"]
+__all__ = ["V1", "V2"]
 
 # -- schema version 1 -----------------------------------------------------------------------
 # {s} is the quoted schema, {chan} the NOTIFY channel (a literal; the schema name is
@@ -695,4 +695,530 @@ BEGIN
                              s_ready, s_leased, least(s_lease, s_next),
                              t_n, t_now, t_next);
 END $$;
+"""
+
+# -- schema version 2: eager dispatch and fast paths ------------------------------------------
+# No table changes. Steps may arrive pre-leased in a commit (step doc [run_id, seq, name, args,
+# attempt, ready_at, lease, lease_expires]); fin / finish1 / finish_claim finish steps and may
+# claim their runs' workflow tasks in the same transaction; commit_run / commit1 /
+# commit_batch apply commits in fewer statements; queue info is computed only when asked for.
+# Version 1's functions keep their arguments and results, so a plait of version 1 still running
+# against a migrated store keeps working until it is restarted.
+
+V2 = r"""
+CREATE OR REPLACE FUNCTION {s}.commit_one(c jsonb)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v_run text := c->>'run_id';
+    v_now float8 := (c->>'now')::float8;
+    v_lease bigint := (c->>'lease')::bigint;
+    v_nev integer := coalesce(jsonb_array_length(c->'events'), 0);
+    v_base integer;
+    v_closing boolean;
+    v_q integer := 0;
+    v_flags text := '';
+    v_x jsonb;
+    v_r jsonb;
+    v_ib jsonb;
+BEGIN
+    -- Fencing first: nothing below runs unless this matches.
+    UPDATE {s}.runs SET
+        fence = CASE WHEN v_lease IS NULL THEN fence + 1 ELSE fence END,
+        status = coalesce(c->>'status', status),
+        result = coalesce(nullif(c->'result', 'null'), result),
+        error = coalesce(nullif(c->'error', 'null'), error),
+        continued_to = coalesce(c->>'continued_to', continued_to),
+        block_reason = c->>'block_reason',
+        history_len = history_len + v_nev,
+        closed_at = CASE WHEN coalesce(c->>'status', status) IN
+                              ('completed', 'failed', 'cancelled', 'terminated',
+                               'continued_as_new')
+                         THEN v_now ELSE closed_at END,
+        lease_expires = NULL,
+        wf_ready_at = NULL,
+        wf_order = NULL
+     WHERE run_id = v_run AND NOT closed
+       AND (v_lease IS NULL OR (fence = v_lease AND lease_expires IS NOT NULL))
+    RETURNING history_len - v_nev, closed INTO v_base, v_closing;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+
+    IF v_nev > 0 THEN
+        INSERT INTO {s}.history (run_id, pos, event)
+        SELECT v_run, v_base + o - 1, e
+          FROM jsonb_array_elements(c->'events') WITH ORDINALITY AS t(e, o);
+    END IF;
+    IF v_closing THEN
+        DELETE FROM {s}.inbox WHERE run_id = v_run;
+    ELSIF (c->>'inbox_upto')::bigint > 0 THEN
+        DELETE FROM {s}.inbox WHERE run_id = v_run AND id <= (c->>'inbox_upto')::bigint;
+    END IF;
+
+    IF c ? 'steps' THEN
+        -- A step with a lease token and expiry is stored leased to the committer (eager
+        -- dispatch): not claimable before its lease expires.
+        INSERT INTO {s}.steps AS s (run_id, seq, name, args, attempt, ready_at, lease,
+                                    lease_expires, ord)
+        SELECT j->>0, (j->>1)::integer, j->>2, j->3, (j->>4)::integer, (j->>5)::float8,
+               coalesce((j->>6)::bigint, 0), (j->>7)::float8, nextval('{s}.task_order')
+          FROM jsonb_array_elements(c->'steps') WITH ORDINALITY AS t(j, o)
+        ON CONFLICT (run_id, seq) DO UPDATE SET
+            name = excluded.name, args = excluded.args, attempt = excluded.attempt,
+            ready_at = excluded.ready_at, lease = excluded.lease,
+            lease_expires = excluded.lease_expires, ord = excluded.ord;
+        v_flags := v_flags || 's';
+    END IF;
+    IF c ? 'timers' THEN
+        INSERT INTO {s}.timers AS tm (run_id, seq, fire_at, ord)
+        SELECT j->>0, (j->>1)::integer, (j->>2)::float8, nextval('{s}.task_order')
+          FROM jsonb_array_elements(c->'timers') WITH ORDINALITY AS t(j, o)
+        ON CONFLICT (run_id, seq) DO UPDATE SET fire_at = excluded.fire_at, ord = excluded.ord;
+        v_flags := v_flags || 't';
+    END IF;
+    IF c ? 'cancel_timers' THEN
+        DELETE FROM {s}.timers WHERE run_id = v_run AND seq IN
+            (SELECT (jsonb_array_elements_text(c->'cancel_timers'))::integer);
+    END IF;
+    -- Disposals before registrations: a token closed and reopened in one activation moves.
+    IF c ? 'dispose_hooks' THEN
+        DELETE FROM {s}.hooks WHERE run_id = v_run AND token IN
+            (SELECT jsonb_array_elements_text(c->'dispose_hooks'));
+    END IF;
+    IF c ? 'hooks' THEN
+        FOR v_x IN SELECT e FROM jsonb_array_elements(c->'hooks') WITH ORDINALITY AS t(e, o)
+                  ORDER BY o
+        LOOP
+            INSERT INTO {s}.hooks (token, run_id, seq) VALUES (v_x->>0, v_run, (v_x->>1)::integer)
+            ON CONFLICT DO NOTHING;
+            IF NOT FOUND THEN
+                v_q := greatest(v_q, {s}.deliver_d(v_x->2, v_now, v_run));
+            END IF;
+        END LOOP;
+    END IF;
+    IF v_closing THEN
+        -- Closing releases the key (the partial unique index), hooks, and pending work.
+        DELETE FROM {s}.hooks WHERE run_id = v_run;
+        DELETE FROM {s}.steps WHERE run_id = v_run;
+        DELETE FROM {s}.timers WHERE run_id = v_run;
+        v_flags := '';
+    END IF;
+
+    IF c ? 'new_runs' THEN
+        FOR v_x IN SELECT e FROM jsonb_array_elements(c->'new_runs') WITH ORDINALITY AS t(e, o)
+                  ORDER BY o
+        LOOP
+            v_r := v_x->0;
+            v_ib := v_x->1;
+            INSERT INTO {s}.runs (run_id, workflow, status, created_at, key, parent_run_id,
+                                  parent_seq, parent_close, queue, result, error, closed_at,
+                                  continued_to, block_reason, wf_ready_at, wf_order)
+            VALUES (v_r->>'run_id', v_r->>'workflow', v_r->>'status', (v_r->>'created_at')::float8,
+                    v_r->>'key', v_r->>'parent_run_id', (v_r->>'parent_seq')::integer,
+                    v_r->>'parent_close', v_r->>'queue', nullif(v_r->'result', 'null'),
+                    nullif(v_r->'error', 'null'), (v_r->>'closed_at')::float8,
+                    v_r->>'continued_to', v_r->>'block_reason',
+                    CASE WHEN jsonb_array_length(v_ib) > 0 THEN v_now END,
+                    CASE WHEN jsonb_array_length(v_ib) > 0
+                         THEN nextval('{s}.task_order') END)
+            ON CONFLICT DO NOTHING;
+            IF FOUND THEN
+                INSERT INTO {s}.inbox (run_id, event)
+                SELECT v_r->>'run_id', e FROM jsonb_array_elements(v_ib) WITH ORDINALITY AS t(e, o)
+                 ORDER BY o;
+                IF jsonb_array_length(v_ib) > 0 THEN
+                    v_q := 2;
+                END IF;
+                v_q := greatest(v_q, {s}.deliver_d(v_x->2, v_now, v_run));
+            ELSIF NOT EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = v_r->>'run_id') THEN
+                -- an open run holds the key
+                v_q := greatest(v_q, {s}.deliver_d(v_x->3, v_now, v_run));
+            END IF;
+        END LOOP;
+    END IF;
+    IF c ? 'hook_resumes' THEN
+        FOR v_x IN SELECT e FROM jsonb_array_elements(c->'hook_resumes') WITH ORDINALITY AS t(e, o)
+                  ORDER BY o
+        LOOP
+            v_r := {s}.resume(v_x->>0, v_x->1, v_now, v_x->2, v_x->3, v_run);
+            IF (v_r->>1)::boolean THEN
+                v_q := 2;
+            END IF;
+        END LOOP;
+    END IF;
+    IF c ? 'deliveries' THEN
+        FOR v_x IN SELECT e FROM jsonb_array_elements(c->'deliveries') WITH ORDINALITY AS t(e, o)
+                  ORDER BY o
+        LOOP
+            v_q := greatest(v_q, {s}.deliver_d(v_x, v_now, v_run));
+        END LOOP;
+    END IF;
+
+    -- Release done above; queue again (with a fresh enqueue order) if the inbox is not empty.
+    IF NOT v_closing AND coalesce((c->>'requeue')::boolean, true)
+       AND EXISTS (SELECT 1 FROM {s}.inbox WHERE run_id = v_run) THEN
+        UPDATE {s}.runs SET wf_ready_at = v_now, wf_order = nextval('{s}.task_order')
+         WHERE run_id = v_run;
+        v_q := 2;
+    END IF;
+    IF v_q = 2 THEN
+        v_flags := v_flags || 'w';
+    END IF;
+    RETURN v_flags;
+END $$;
+
+-- The V2 entry points and their helpers: same semantics as the V1 functions in fewer
+-- statements (each costs executor setup however little it does), and the queue info only
+-- when the client asks for it (it can often work out a queue's new state itself).
+
+-- fin: one step result. Deletes the step task if p_lease holds it and delivers p_event to its
+-- run (queuing the run's workflow task); with p_secs, then claims that task as claim_wfs
+-- would, if it is ready and has no live lease. code: 0 stale (nothing changed), 1 delivered,
+-- 2 delivered and queued; run and inbox (as in claim_wfs) when it claimed. Takes the run's
+-- row lock first (a batch holds it already).
+CREATE FUNCTION {s}.fin(p_run text, p_seq integer, p_lease bigint, p_event jsonb,
+                        p_now float8, p_secs float8,
+                        OUT code integer, OUT run jsonb, OUT inbox jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_open boolean;
+    v_ready float8;
+    v_free boolean;
+    v_claim boolean;
+    v_n integer;
+BEGIN
+    SELECT NOT closed, wf_ready_at, lease_expires IS NULL OR lease_expires <= p_now
+      INTO v_open, v_ready, v_free
+      FROM {s}.runs WHERE run_id = p_run FOR NO KEY UPDATE;
+    -- Steps of a closed run are dropped when it closes (under this lock): a step found here
+    -- belongs to an open run.
+    WITH d AS (
+        DELETE FROM {s}.steps WHERE run_id = p_run AND seq = p_seq AND lease = p_lease
+        RETURNING 1
+    ), i AS (
+        INSERT INTO {s}.inbox (run_id, event) SELECT p_run, p_event FROM d WHERE v_open
+    )
+    SELECT count(*) INTO v_n FROM d;
+    IF v_n = 0 THEN
+        code := 0;
+        RETURN;
+    END IF;
+    code := 1 + (v_ready IS NULL)::integer;
+    v_claim := p_secs IS NOT NULL AND v_free AND coalesce(v_ready <= p_now, true);
+    IF v_ready IS NULL OR v_claim THEN
+        -- Queue the workflow task (as deliver) and claim it (as claim_wfs), in one update; the
+        -- inbox is read in it, after the lock (so it holds every entry of the run).
+        UPDATE {s}.runs r SET
+            wf_ready_at = coalesce(wf_ready_at, p_now),
+            wf_order = CASE WHEN wf_ready_at IS NULL THEN nextval('{s}.task_order')
+                            ELSE wf_order END,
+            fence = CASE WHEN v_claim THEN fence + 1 ELSE fence END,
+            lease_expires = CASE WHEN v_claim THEN p_now + p_secs ELSE lease_expires END
+         WHERE run_id = p_run
+        RETURNING
+            CASE WHEN v_claim THEN jsonb_build_array(
+                r.run_id, r.workflow, r.status, r.created_at, r.key, r.parent_run_id,
+                r.parent_seq, r.parent_close, r.queue, r.result, r.error, r.closed_at,
+                r.continued_to, r.block_reason, r.fence, r.history_len,
+                EXISTS (SELECT 1 FROM {s}.runs k WHERE k.parent_run_id = r.run_id)) END,
+            CASE WHEN v_claim THEN
+                (SELECT jsonb_agg(jsonb_build_array(b.id, b.event) ORDER BY b.id)
+                   FROM {s}.inbox b WHERE b.run_id = p_run) END
+          INTO run, inbox;
+    END IF;
+END $$;
+
+-- commit_run: commit_one for a commit whose effects stay within its run (no timers,
+-- cancelled timers, hooks, disposed hooks, new runs, hook resumes or deliveries: the client
+-- checks). flags NULL when fenced out; steps_new: step rows inserted (not counting ones that
+-- replaced a row), steps_gone: step rows dropped (closing).
+CREATE FUNCTION {s}.commit_run(c jsonb, OUT flags text, OUT steps_new integer,
+                               OUT steps_gone integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run text := c->>'run_id';
+    v_now float8 := (c->>'now')::float8;
+    v_lease bigint := (c->>'lease')::bigint;
+    v_upto bigint := coalesce((c->>'inbox_upto')::bigint, 0);
+    v_nev integer := coalesce(jsonb_array_length(c->'events'), 0);
+    v_base integer;
+    v_closing boolean;
+    v_more boolean;
+BEGIN
+    -- Fencing first, as commit_one; this also takes the run's row lock.
+    UPDATE {s}.runs SET
+        fence = CASE WHEN v_lease IS NULL THEN fence + 1 ELSE fence END,
+        status = coalesce(c->>'status', status),
+        result = coalesce(nullif(c->'result', 'null'), result),
+        error = coalesce(nullif(c->'error', 'null'), error),
+        continued_to = coalesce(c->>'continued_to', continued_to),
+        block_reason = c->>'block_reason',
+        history_len = history_len + v_nev,
+        closed_at = CASE WHEN coalesce(c->>'status', status) IN
+                              ('completed', 'failed', 'cancelled', 'terminated',
+                               'continued_as_new')
+                         THEN v_now ELSE closed_at END,
+        lease_expires = NULL,
+        wf_ready_at = NULL,
+        wf_order = NULL
+     WHERE run_id = v_run AND NOT closed
+       AND (v_lease IS NULL OR (fence = v_lease AND lease_expires IS NOT NULL))
+    RETURNING history_len - v_nev, closed INTO v_base, v_closing;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    -- One statement for the run's own rows, under the lock taken above (so its snapshot sees
+    -- every inbox row of the run).
+    IF v_closing THEN
+        -- Closing: events appended; the inbox, pending steps, timers and hooks dropped (the
+        -- key is released by the index on open runs).
+        WITH h AS (
+            INSERT INTO {s}.history (run_id, pos, event)
+            SELECT v_run, v_base + o - 1, e
+              FROM jsonb_array_elements(c->'events') WITH ORDINALITY AS t(e, o)
+        ), i AS (
+            DELETE FROM {s}.inbox WHERE run_id = v_run
+        ), ds AS (
+            DELETE FROM {s}.steps WHERE run_id = v_run RETURNING 1
+        ), dt AS (
+            DELETE FROM {s}.timers WHERE run_id = v_run
+        ), dh AS (
+            DELETE FROM {s}.hooks WHERE run_id = v_run
+        )
+        SELECT 0, count(*) INTO steps_new, steps_gone FROM ds;
+        flags := '';
+        RETURN;
+    END IF;
+    -- Events appended, inbox consumed, steps added (leased ones stored leased), and whether
+    -- inbox entries the activation did not see remain (then the run is queued again).
+    WITH h AS (
+        INSERT INTO {s}.history (run_id, pos, event)
+        SELECT v_run, v_base + o - 1, e
+          FROM jsonb_array_elements(c->'events') WITH ORDINALITY AS t(e, o)
+    ), i AS (
+        DELETE FROM {s}.inbox WHERE run_id = v_run AND id <= v_upto
+    ), st AS (
+        INSERT INTO {s}.steps AS s (run_id, seq, name, args, attempt, ready_at, lease,
+                                    lease_expires, ord)
+        SELECT j->>0, (j->>1)::integer, j->>2, j->3, (j->>4)::integer, (j->>5)::float8,
+               coalesce((j->>6)::bigint, 0), (j->>7)::float8, nextval('{s}.task_order')
+          FROM jsonb_array_elements(c->'steps') WITH ORDINALITY AS t(j, o)
+        ON CONFLICT (run_id, seq) DO UPDATE SET
+            name = excluded.name, args = excluded.args, attempt = excluded.attempt,
+            ready_at = excluded.ready_at, lease = excluded.lease,
+            lease_expires = excluded.lease_expires, ord = excluded.ord
+        RETURNING s.xmax = 0 AS fresh
+    )
+    SELECT coalesce((c->>'requeue')::boolean, true)
+           AND EXISTS (SELECT 1 FROM {s}.inbox WHERE run_id = v_run AND id > v_upto),
+           (SELECT count(*) FILTER (WHERE fresh) FROM st)
+      INTO v_more, steps_new;
+    steps_gone := 0;
+    flags := CASE WHEN c ? 'steps' THEN 's' ELSE '' END;
+    IF v_more THEN
+        UPDATE {s}.runs SET wf_ready_at = v_now, wf_order = nextval('{s}.task_order')
+         WHERE run_id = v_run;
+        flags := flags || 'w';
+    END IF;
+END $$;
+
+-- finish_claim: items [[run_id, seq, lease, event, now, lease seconds or null]...], p_lock the
+-- items' run ids sorted (locked first, in that order). Each item is fin's. Returns
+-- [[result...], step_info at the latest now if p_info]; a result is 0 stale, 1 delivered,
+-- 2 delivered and queued, or [1 or 2, run, inbox] when it claimed.
+CREATE FUNCTION {s}.finish_claim(p_items jsonb, p_lock text[], p_origin text, p_info boolean)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    x jsonb;
+    v_out jsonb := '[]';
+    v_woke boolean := false;
+    v_now float8;
+    v record;
+    v_info jsonb;
+BEGIN
+    PERFORM 1 FROM {s}.runs WHERE run_id = ANY(p_lock) ORDER BY run_id FOR NO KEY UPDATE;
+    FOR x IN SELECT e FROM jsonb_array_elements(p_items) WITH ORDINALITY AS t(e, o) ORDER BY o
+    LOOP
+        v_now := greatest(v_now, (x->>4)::float8);
+        -- (A plain call, not SELECT ... FROM: no executor setup for it.)
+        v := {s}.fin(x->>0, (x->>1)::integer, (x->>2)::bigint, x->3, (x->>4)::float8,
+                     (x->>5)::float8);
+        v_woke := v_woke OR v.code = 2;
+        v_out := v_out || CASE WHEN v.run IS NULL THEN to_jsonb(v.code)
+                               ELSE jsonb_build_array(jsonb_build_array(v.code, v.run, v.inbox))
+                          END;
+    END LOOP;
+    IF v_woke THEN
+        PERFORM {s}.wake('w', p_origin);
+    END IF;
+    IF p_info THEN
+        v_info := {s}.step_info(v_now);
+    END IF;
+    RETURN jsonb_build_array(v_out, v_info);
+END $$;
+
+-- finish1: finish_claim of one item, with typed arguments: fin's code, run and inbox, and
+-- step_info at p_now if p_info (the client skips it when it can work out the queue's new
+-- state itself).
+CREATE FUNCTION {s}.finish1(p_run text, p_seq integer, p_lease bigint, p_event jsonb,
+                            p_now float8, p_secs float8, p_origin text, p_info boolean,
+                            OUT code integer, OUT run jsonb, OUT inbox jsonb, OUT info jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v record;
+BEGIN
+    v := {s}.fin(p_run, p_seq, p_lease, p_event, p_now, p_secs);
+    code := v.code;
+    run := v.run;
+    inbox := v.inbox;
+    IF code = 2 THEN
+        PERFORM pg_advisory_xact_lock_shared({lock});
+        PERFORM pg_notify('{chan}', 'w:' || p_origin)
+           FROM {s}.listeners WHERE origin <> p_origin LIMIT 1;
+    END IF;
+    IF p_info THEN
+        info := {s}.step_info(p_now);
+    END IF;
+END $$;
+
+-- commit1: one commit that stays within its run (commit_run), with the wake-up and, if
+-- p_info, wf_info at the commit's time.
+CREATE FUNCTION {s}.commit1(c jsonb, p_origin text, p_info boolean, OUT flags text,
+                            OUT info jsonb, OUT steps_new integer, OUT steps_gone integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v record;
+BEGIN
+    v := {s}.commit_run(c);
+    flags := v.flags;
+    steps_new := v.steps_new;
+    steps_gone := v.steps_gone;
+    IF flags IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock_shared({lock});
+        PERFORM pg_notify('{chan}', 'r' || flags || ':' || p_origin)
+           FROM {s}.listeners WHERE origin <> p_origin LIMIT 1;
+    END IF;
+    IF p_info THEN
+        info := {s}.wf_info((c->>'now')::float8);
+    END IF;
+END $$;
+
+-- commit_batch: apply_commits with commit_run for the commits that stay within their run
+-- (marked by the client with "own": true). Returns [[null (fenced out) or [flags, steps_new,
+-- steps_gone] (both null from commit_one)...], wf_info at the latest commit time if p_info].
+CREATE FUNCTION {s}.commit_batch(p_docs jsonb, p_lock text[], p_origin text, p_info boolean)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    c jsonb;
+    v record;
+    v_f text;
+    v_new integer;
+    v_gone integer;
+    v_out jsonb := '[]';
+    v_flags text := 'r';
+    v_now float8;
+    v_info jsonb;
+BEGIN
+    PERFORM 1 FROM {s}.runs WHERE run_id = ANY(p_lock) ORDER BY run_id FOR NO KEY UPDATE;
+    FOR c IN SELECT e FROM jsonb_array_elements(p_docs) WITH ORDINALITY AS t(e, o) ORDER BY o
+    LOOP
+        v_now := greatest(v_now, (c->>'now')::float8);
+        IF c ? 'own' THEN
+            v := {s}.commit_run(c);
+            v_f := v.flags;
+            v_new := v.steps_new;
+            v_gone := v.steps_gone;
+        ELSE
+            v_f := {s}.commit_one(c);
+            v_new := NULL;
+            v_gone := NULL;
+        END IF;
+        v_out := v_out || CASE WHEN v_f IS NULL THEN 'null'::jsonb
+                               ELSE jsonb_build_array(jsonb_build_array(v_f, v_new, v_gone))
+                          END;
+        v_flags := v_flags || coalesce(v_f, '');
+    END LOOP;
+    PERFORM {s}.wake(v_flags, p_origin);
+    IF p_info THEN
+        v_info := {s}.wf_info(v_now);
+    END IF;
+    RETURN jsonb_build_array(v_out, v_info);
+END $$;
+
+-- claim_wfs2: claim_wfs, plus step_info at p_now when p_sinfo (a worker claims steps right
+-- after workflow tasks: this answers that claim too when no step is claimable).
+CREATE FUNCTION {s}.claim_wfs2(p_now float8, p_secs float8, p_n integer, p_sinfo boolean)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN {s}.claim_wfs(p_now, p_secs, p_n)
+           || jsonb_build_array(CASE WHEN p_sinfo THEN {s}.step_info(p_now) END);
+END $$;
+
+-- wf_info / step_info (same answers as version 1's): first look for one claimable task, so a
+-- busy queue (one with many tasks ready) answers at once instead of counting up to 501 rows.
+CREATE OR REPLACE FUNCTION {s}.wf_info(p_now float8)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v jsonb;
+BEGIN
+    IF EXISTS (SELECT 1 FROM {s}.runs WHERE wf_ready_at <= p_now
+                  AND (lease_expires IS NULL OR lease_expires <= p_now)) THEN
+        RETURN NULL;
+    END IF;
+    SELECT CASE WHEN count(*) > 500 THEN NULL
+                ELSE jsonb_build_array(
+                         least(min(lease_expires),
+                               (SELECT wf_ready_at FROM {s}.runs WHERE wf_ready_at > p_now
+                                 ORDER BY wf_ready_at LIMIT 1)),
+                         count(*)) END
+      INTO v
+      FROM (SELECT lease_expires FROM {s}.runs WHERE wf_ready_at <= p_now
+             ORDER BY wf_ready_at LIMIT 501) t;
+    RETURN v;
+END $$;
+
+CREATE OR REPLACE FUNCTION {s}.step_info(p_now float8)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v jsonb;
+BEGIN
+    IF EXISTS (SELECT 1 FROM {s}.steps WHERE ready_at <= p_now
+                  AND (lease_expires IS NULL OR lease_expires <= p_now)) THEN
+        RETURN NULL;
+    END IF;
+    SELECT CASE WHEN count(*) > 500 THEN NULL
+                ELSE jsonb_build_array(
+                         least(min(lease_expires),
+                               (SELECT ready_at FROM {s}.steps WHERE ready_at > p_now
+                                 ORDER BY ready_at LIMIT 1)),
+                         count(*)) END
+      INTO v
+      FROM (SELECT lease_expires FROM {s}.steps WHERE ready_at <= p_now
+             ORDER BY ready_at LIMIT 501) t;
+    RETURN v;
+END $$;
+
+-- Plans: every entry point runs with generic plans (planned once per session, not on every
+-- call) and without sequential scans. The queue tables stay small but churn, so a planner
+-- that sees few pages picks a sequential scan, which then reads every dead row until the next
+-- vacuum, and a cached plan keeps doing so as the table grows.
+DO $do$
+DECLARE
+    f text;
+BEGIN
+    FOREACH f IN ARRAY ARRAY[
+        'create_run(jsonb, jsonb, float8, text)', 'append_inbox(text, jsonb, float8, text)',
+        'requeue(text, float8, text)', 'claim_wfs(float8, float8, integer)',
+        'claim_wfs2(float8, float8, integer, boolean)',
+        'claim_steps(float8, integer, float8)', 'finish_steps(jsonb, text[], text)',
+        'finish_claim(jsonb, text[], text, boolean)', 'commit_batch(jsonb, text[], text, boolean)',
+        'retry_step(text, integer, bigint, integer, float8, text)',
+        'fire_timers(float8, integer, text)', 'resume_hook(text, jsonb, float8, text)',
+        'apply_commits(jsonb, text[], text)', 'state(float8)', 'commit1(jsonb, text, boolean)',
+        'finish1(text, integer, bigint, jsonb, float8, float8, text, boolean)']
+    LOOP
+        EXECUTE format('ALTER FUNCTION {s}.%s SET enable_seqscan = off', f);
+        EXECUTE format('ALTER FUNCTION {s}.%s SET plan_cache_mode = force_generic_plan', f);
+    END LOOP;
+END $do$;
 """

@@ -6,10 +6,12 @@ Needs the ``postgres`` extra (``pip install 'plait[postgres]'``); psycopg is imp
 a backend is made, so this module imports (and its plugin registers) without it.
 
 Each protocol call is one round trip: one statement or one call of a server-side PL/pgSQL
-function (``_pg_schema``), so one transaction. Concurrent calls of the hot kinds (commits, step
+function (``_pg_sql``), so one transaction. Concurrent calls of the hot kinds (commits, step
 results, claims) travel together: while one is in flight the next ones queue and then go in
-one round trip and one transaction (group commit, ``_pg_client.Batcher``). Semantics follow
-``MemoryBackend`` operation by operation.
+one round trip and one transaction (group commit, ``_pg_client.Batcher``); a call that goes
+alone takes a fast path (``commit1``, ``finish1``). Semantics follow ``MemoryBackend`` operation
+by operation, including the optional eager dispatch (``supports_eager``): steps committed
+pre-leased, and ``finish_step_and_claim``.
 
 Wake-ups: a write that creates ready work sends ``NOTIFY <schema>_work`` (payload: what changed
 -- ``w`` workflow tasks, ``s`` steps, ``t`` timers, ``r`` a run record -- and the writer's
@@ -17,11 +19,15 @@ origin id) when another backend object is registered as a listener. Each backend
 dedicated connection, reconnecting when it is lost. While it listens it remembers that a queue
 held nothing claimable (and until when), and which run records it read, and answers claims,
 ``state()`` and ``get_run()`` from that memory until a local write or a notification says
-otherwise. So an idle worker costs almost no queries.
+otherwise. So an idle worker costs almost no queries. A local write whose effect on a queue is
+known (a lease released, steps added leased, a run claimed) is applied to that memory rather
+than erasing it (``_carry``), so a run going step by step asks nothing but its commits and step
+results.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -32,7 +38,7 @@ import attrs
 
 from ..kernel.codec import event_from_dict, event_to_dict
 from ..kernel.events import Event
-from ..kernel.status import RunStatus
+from ..kernel.status import CLOSED_STATUSES, RunStatus
 from . import _pg_schema as schema_mod
 from ._pg_client import (
     MISSING_EXTRA,
@@ -86,10 +92,13 @@ class _Empty:
 class PostgresBackend(PgConnections):
     """``postgresql://`` / ``postgres://``: see the module docstring."""
 
+    supports_eager = True
+
     def __init__(self, url: str) -> None:
         super().__init__(url)
         # what the server told us about its queues, and the run records we read
-        self._gen = dict.fromkeys(_KINDS, 0)
+        self._gen = dict.fromkeys(_KINDS, 0)  # bumped when what we knew of a queue is lost
+        self._seen = dict.fromkeys(_KINDS, 0)  # ... or changed by a local write (see _carry)
         self._empty: dict[str, _Empty | None] = dict.fromkeys(_KINDS)
         self._records: OrderedDict[str, tuple[RunRecord, float]] = OrderedDict()
         self._local_gen = 0  # bumped by each local commit
@@ -101,7 +110,7 @@ class PostgresBackend(PgConnections):
         self._childless: OrderedDict[str, tuple[int, float]] = OrderedDict()
         # group commit
         self._commits: Batcher[Commit, bool] = Batcher(self._flush_commits, 50, self._cut)
-        self._finishes: Batcher[tuple[Any, ...], bool] = Batcher(
+        self._finishes: Batcher[_Finish, tuple[bool, ClaimedRun | None]] = Batcher(
             self._flush_finishes, _BATCH, self._cut
         )
         self._wf_claims: Batcher[tuple[float, float], ClaimedRun | None] = Batcher(
@@ -133,15 +142,22 @@ class PostgresBackend(PgConnections):
             " SELECT r.run_id, r.base + t.o - 1, t.e FROM r,"
             " jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(e, o)",
             "append_inbox": f"SELECT {s}.append_inbox(%s, %s::jsonb, %s::float8, %s)",
-            "claim_wfs": f"SELECT {s}.claim_wfs(%s::float8, %s::float8, %s::int4)",
+            # The hot calls return JSON as text, parsed here (cheaper than psycopg's jsonb
+            # loader, which decodes and sniffs the encoding of every value).
+            "claim_wfs": f"SELECT {s}.claim_wfs2(%s::float8, %s::float8, %s::int4, %s)::text",
             "renew": f"UPDATE {s}.runs SET lease_expires = %s::float8 WHERE run_id = %s"
             " AND fence = %s::int8 AND lease_expires IS NOT NULL",
-            "commits": f"SELECT {s}.apply_commits(%s::jsonb, %s::text[], %s)",
+            "commit_batch": f"SELECT {s}.commit_batch(%s::jsonb, %s::text[], %s, %s)::text",
+            "commit1": f"SELECT flags, info::text, steps_new, steps_gone FROM {s}.commit1("
+            "%s::jsonb, %s, %s)",
             "requeue": f"SELECT {s}.requeue(%s, %s::float8, %s)",
             "claim_steps": f"SELECT {s}.claim_steps(%s::float8, %s::int4, %s::float8)",
             "heartbeat": f"UPDATE {s}.steps SET lease_expires = %s::float8 WHERE run_id = %s"
             " AND seq = %s::int4 AND lease = %s::int8",
-            "finish_steps": f"SELECT {s}.finish_steps(%s::jsonb, %s::text[], %s)",
+            "finish_claim": f"SELECT {s}.finish_claim(%s::jsonb, %s::text[], %s, %s)::text",
+            "finish1": f"SELECT code, run::text, inbox::text, info::text FROM {s}.finish1(%s,"
+            " %s::int4, %s::int8,"
+            " %s::jsonb, %s::float8, %s::float8, %s, %s)",
             "retry_step": f"SELECT {s}.retry_step(%s, %s::int4, %s::int8, %s::int4, %s::float8,"
             " %s)",
             "fire_timers": f"SELECT {s}.fire_timers(%s::float8, %s::int4, %s)",
@@ -169,9 +185,11 @@ class PostgresBackend(PgConnections):
         for k in kinds:
             if k in self._gen:
                 self._gen[k] += 1
+                self._seen[k] += 1
 
     def _snapshot(self, kind: str) -> tuple[int, int]:
-        return self._gen[kind], self._epoch
+        """Taken before a call whose answer carries queue info, for ``_absorb``."""
+        return self._seen[kind], self._epoch
 
     def _known_empty(self, kind: str, now: float) -> bool:
         e = self._empty[kind]
@@ -184,16 +202,46 @@ class PostgresBackend(PgConnections):
             and time.monotonic() - e.born < _TRUST_SECONDS
         )
 
-    def _absorb(self, kind: str, gen: int, epoch: int, now: float, info: Any) -> None:
-        """Keep queue info from the server (``None``: something may be claimable)."""
+    def _absorb(
+        self, kind: str, seen: int, epoch: int, now: float, info: Any, write: bool = False
+    ) -> None:
+        """Keep queue info from the server (``None``: something may be claimable), read by a
+        call sent at ``_snapshot`` ``(seen, epoch)``. Info that a local change since may have
+        missed is dropped; if the call was a ``write`` whose change is then accounted for
+        nowhere, what we knew of the queue goes too. (A claim needs no such care: it only
+        leases what was claimable, so it cannot contradict "nothing claimable".)"""
+        if seen != self._seen[kind] or epoch != self._epoch:
+            if write:
+                self._invalidate(kind)
+            return
         if info is None:
             self._empty[kind] = None
             return
         nxt, count = info
         until = _INF if nxt is None else float(nxt)
         self._empty[kind] = (
-            _Empty(gen, epoch, now, until, int(count), time.monotonic()) if until > now else None
+            _Empty(self._gen[kind], epoch, now, until, int(count), time.monotonic())
+            if until > now
+            else None
         )
+
+    def _trusted(self, kind: str, now: float) -> _Empty | None:
+        """What we know of ``kind``'s queue at ``now``, if trusted (see ``_known_empty``)."""
+        return self._empty[kind] if self._known_empty(kind, now) else None
+
+    def _carry(self, kind: str, before: _Empty | None, gen: int, leased: int, due: float) -> bool:
+        """A local write changed ``kind``'s queue by ``leased`` leased tasks (claimable again
+        at ``due``) and made nothing claimable. Apply that to what we knew of the queue when
+        the write was sent (``before``, ``_gen`` then ``gen``) if it was not lost since
+        (other writes' changes carried over meanwhile commute with this one); False (nothing
+        done) otherwise. Calls still in flight may have read the queue before the write:
+        their info is dropped (``_absorb``)."""
+        if before is None or self._empty[kind] is not before or self._gen[kind] != gen:
+            return False
+        self._seen[kind] += 1
+        before.until = min(before.until, due)
+        before.count = max(0, before.count + leased)
+        return True
 
     def _keep_record(self, rec: RunRecord, born: float | None = None) -> None:
         self._records[rec.run_id] = (rec, time.monotonic() if born is None else born)
@@ -208,14 +256,20 @@ class PostgresBackend(PgConnections):
         if any(nr.record.parent_run_id == c.run_id for nr in c.new_runs):
             self._childless.pop(c.run_id, None)
         kept = self._records.pop(c.run_id, None)
-        if kept is None or c.result is not None or c.error is not None:
-            return  # results and errors are read back as stored (JSONB)
+        if kept is None or c.error is not None or not _jsonb_stable(c.result):
+            return  # read back as stored: JSONB may change how it looks (see _jsonb_stable)
         changes: dict[str, Any] = {"block_reason": c.block_reason}
+        if c.result is not None:
+            changes["result"] = c.result
         if c.status is not None:
             changes["status"] = c.status
         if c.continued_to is not None:
             changes["continued_to"] = c.continued_to
-        rec = attrs.evolve(kept[0], **changes)
+        rec = kept[0]
+        if all(getattr(rec, k) == v for k, v in changes.items()):
+            self._records[c.run_id] = kept  # unchanged (a run that stays running)
+            return
+        rec = attrs.evolve(rec, **changes)
         if rec.closed:
             rec = attrs.evolve(rec, closed_at=c.now)
         self._keep_record(rec, kept[1])
@@ -362,26 +416,38 @@ class PostgresBackend(PgConnections):
         now = min(items[i][0] for i in want)
         secs = min(items[i][1] for i in want)
         gen, epoch = self._snapshot("w")
+        sgen = self._seen["s"]
         remote = self._remote_gen
-        row = await self._run("claim_wfs", (now, secs, len(want)), safe=True)
-        claims, info = row[0]
+        sinfo = self._trusted("s", now) is None  # also learn about steps (claimed next)
+        row = await self._run("claim_wfs", (now, secs, len(want), sinfo), safe=True)
+        claims, info, steps = json.loads(row[0])
         self._absorb("w", gen, epoch, now, info)
+        if sinfo:
+            self._absorb("s", sgen, epoch, now, steps)
         born = time.monotonic()
         for i, (run, inbox) in zip(want, claims, strict=False):
-            claimed = ClaimedRun(
-                run=rec_from_row(run),
-                lease=int(run[14]),
-                inbox=tuple(InboxEntry(int(n), event_from_dict(e)) for n, e in inbox),
-                history_length=int(run[15]),
-            )
-            out[i] = claimed
-            if self._listening:
-                run_id = claimed.run.run_id
-                if claimed.history_length == 0:
-                    _bounded_put(self._fresh, run_id, (remote, born))
-                if not run[16]:
-                    _bounded_put(self._childless, run_id, (remote, born))
+            out[i] = self._claimed(run, inbox, remote, born)
         return out
+
+    def _claimed(self, run: list[Any], inbox: list[Any], remote: int, born: float) -> ClaimedRun:
+        """A ``ClaimedRun`` from a claim's ``[RUN_COLS..., fence, history_len, has children]``
+        and inbox ``[[id, event]...]``; remembers what the claim told about the run."""
+        claimed = ClaimedRun(
+            run=rec_from_row(run),
+            lease=int(run[14]),
+            inbox=tuple(InboxEntry(int(n), event_from_dict(e)) for n, e in inbox),
+            history_length=int(run[15]),
+        )
+        run_id = claimed.run.run_id
+        # Facts from an earlier claim of this run are stale now (its lease was lost).
+        self._fresh.pop(run_id, None)
+        self._childless.pop(run_id, None)
+        if self._listening:
+            if claimed.history_length == 0:
+                _bounded_put(self._fresh, run_id, (remote, born))
+            if not run[16]:
+                _bounded_put(self._childless, run_id, (remote, born))
+        return claimed
 
     def _known(self, facts: OrderedDict[str, tuple[int, float]], run_id: str) -> bool:
         fact = facts.pop(run_id, None)
@@ -417,35 +483,89 @@ class PostgresBackend(PgConnections):
         return await self._commits(commit)
 
     async def _flush_commits(self, commits: list[Commit]) -> list[bool]:
-        locks: set[str] = set()
-        for c in commits:
-            commit_locks(c, locks)
-        docs = "[" + ",".join(commit_doc(c) for c in commits) + "]"
-        gen, epoch = self._snapshot("w")
+        # The server's answer tells how each commit changed the queues, so what we knew of
+        # them is carried over (see ``_carry``) rather than asked for again.
+        lo, hi = min(c.now for c in commits), max(c.now for c in commits)
+        w0 = self._trusted("w", lo) and self._trusted("w", hi)
+        s0 = self._trusted("s", lo) and self._trusted("s", hi)
+        (wseen, epoch), wgen, sgen = self._snapshot("w"), self._gen["w"], self._gen["s"]
+        # A batch means concurrent calls, which may leave nothing to carry over: always ask.
+        ask = w0 is None or len(commits) > 1
         try:
-            row = await self._run("commits", (docs, sorted(locks), self._origin), safe=False)
+            if len(commits) == 1 and _within_run(commits[0]):
+                flags, info, new, gone = await self._run(
+                    "commit1", (commit_doc(commits[0]), self._origin, ask), safe=False
+                )
+                results = [None if flags is None else [flags, new, gone]]
+                info = _loads(info)
+            else:
+                locks: set[str] = set()
+                for c in commits:
+                    commit_locks(c, locks)
+                docs = "[" + ",".join(commit_doc(c, _within_run(c)) for c in commits) + "]"
+                row = await self._run(
+                    "commit_batch", (docs, sorted(locks), self._origin, ask), safe=False
+                )
+                results, info = json.loads(row[0])
         except BaseException:
-            self._invalidate(*_KINDS)
-            self._local_gen += 1
-            for c in commits:
-                self._records.pop(c.run_id, None)
+            self._commit_failed(commits)
+            raise
+        out = []
+        wake = False
+        w_carry, w_delta = True, 0
+        s_touched, s_carry, s_delta, s_due = False, True, 0, _INF
+        for c, r in zip(commits, results, strict=True):
+            if r is None:
+                out.append(False)  # fenced out: nothing of it applied; the lease is lost
                 self._fresh.pop(c.run_id, None)
                 self._childless.pop(c.run_id, None)
-                self._waker.notify_run(c.run_id)
-            raise
-        results, info = row[0]
-        out = []
-        for c, flags in zip(commits, results, strict=True):
-            if flags is None:
-                out.append(False)  # fenced out: nothing of it applied
                 continue
+            flags, new, gone = r
             self._committed(c)
-            self._invalidate(*flags)
             out.append(True)
-        self._absorb("w", gen, epoch, max(c.now for c in commits), info)
-        if any(out):
+            wake = wake or _wakes(c, flags)
+            if "t" in flags:
+                self._invalidate("t")
+            # Its workflow task: the lease we held (so counted) released; "w": a workflow
+            # task queued (its own or another run's), claimable.
+            if "w" in flags or c.lease is None:
+                w_carry = False
+            else:
+                w_delta -= 1
+            # Its steps: new rows, all leased to us (eager dispatch), claimable when that
+            # lease (or a later ready time) passes. Anything else (an unleased step, a
+            # replaced or dropped row, a commit of the general path) and we ask again.
+            closing = c.status in CLOSED_STATUSES
+            if c.steps or gone or (new is None and (closing or "s" in flags)):
+                s_touched = True
+                if new is None or gone or new != len(c.steps) or not all(map(_leased, c.steps)):
+                    s_carry = False
+                else:
+                    s_delta += new
+                    s_due = min(s_due, _due(c.steps, c.now))
+        if not any(out):  # nothing applied
+            if ask:
+                self._absorb("w", wseen, epoch, hi, info)
+        elif not (w_carry and self._carry("w", w0, wgen, w_delta, _INF)):
+            if ask:
+                self._absorb("w", wseen, epoch, hi, info, write=True)
+            else:
+                self._invalidate("w")
+        if s_touched and not (s_carry and self._carry("s", s0, sgen, s_delta, s_due)):
+            self._invalidate("s")
+        if wake:
             self._waker.notify()
         return out
+
+    def _commit_failed(self, commits: list[Commit]) -> None:
+        """A commit call failed (its outcome unknown): forget what it may have changed."""
+        self._invalidate(*_KINDS)
+        self._local_gen += 1
+        for c in commits:
+            self._records.pop(c.run_id, None)
+            self._fresh.pop(c.run_id, None)
+            self._childless.pop(c.run_id, None)
+            self._waker.notify_run(c.run_id)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -505,24 +625,87 @@ class PostgresBackend(PgConnections):
         self, run_id: str, seq: int, lease: int, outcome: Event, now: float
     ) -> bool:
         self._waker.unwatch()
-        return await self._finishes((run_id, seq, lease, outcome, now))
+        done, _ = await self._finishes(_Finish(run_id, seq, lease, outcome, now, None))
+        return done
 
-    async def _flush_finishes(self, items: list[tuple[Any, ...]]) -> list[bool]:
-        payload = dumps([[r, s, lease, event_to_dict(o), now] for r, s, lease, o, now in items])
-        locks = sorted({item[0] for item in items})
-        gen, epoch = self._snapshot("s")
+    async def finish_step_and_claim(
+        self, run_id: str, seq: int, lease: int, outcome: Event, now: float, lease_seconds: float
+    ) -> tuple[bool, ClaimedRun | None]:
+        self._waker.unwatch()
+        return await self._finishes(_Finish(run_id, seq, lease, outcome, now, lease_seconds))
+
+    async def _flush_finishes(self, items: list[_Finish]) -> list[tuple[bool, ClaimedRun | None]]:
+        # As in _flush_commits: what a step result does to the queues (a leased step gone,
+        # maybe its run's task queued and leased to us) is carried over into what we knew.
+        lo, hi = min(f.now for f in items), max(f.now for f in items)
+        s0 = self._trusted("s", lo) and self._trusted("s", hi)
+        w0 = self._trusted("w", lo) and self._trusted("w", hi)
+        (sseen, epoch), sgen, wgen = self._snapshot("s"), self._gen["s"], self._gen["w"]
+        remote = self._remote_gen
+        ask = s0 is None or len(items) > 1  # as in _flush_commits
         try:
-            row = await self._run("finish_steps", (payload, locks, self._origin), safe=False)
+            if len(items) == 1:
+                f = items[0]
+                code, run, inbox, info = await self._run(
+                    "finish1",
+                    (
+                        f.run_id,
+                        f.seq,
+                        f.lease,
+                        dumps(event_to_dict(f.outcome)),
+                        f.now,
+                        f.claim,
+                        self._origin,
+                        ask,
+                    ),
+                    safe=False,
+                )
+                results = [code if run is None else [code, json.loads(run), json.loads(inbox)]]
+                info = _loads(info)
+            else:
+                payload = dumps(
+                    [
+                        [f.run_id, f.seq, f.lease, event_to_dict(f.outcome), f.now, f.claim]
+                        for f in items
+                    ]
+                )
+                locks = sorted({f.run_id for f in items})
+                row = await self._run(
+                    "finish_claim", (payload, locks, self._origin, ask), safe=False
+                )
+                results, info = json.loads(row[0])
         except BaseException:
             self._invalidate(*_KINDS)
             raise
-        done, info = row[0]
-        if 2 in done:
+        out: list[tuple[bool, ClaimedRun | None]] = []
+        born = time.monotonic()
+        done = claimed = 0
+        due = _INF
+        wake = False
+        for f, r in zip(items, results, strict=True):
+            if isinstance(r, list):  # finished, and claimed the run's workflow task
+                _, run, inbox = r
+                done += 1
+                claimed += 1
+                due = min(due, f.now + (f.claim or 0.0))
+                out.append((True, self._claimed(run, inbox, remote, born)))
+            else:
+                # 2: a workflow task was queued, claimable. Local claimers are woken only for
+                # it: a run claimed here is activated by the caller, and a delivery to a run
+                # whose task is queued or leased already makes no new work.
+                done += bool(r)
+                wake = wake or r == 2
+                out.append((bool(r), None))
+        if not (done and self._carry("s", s0, sgen, -done, _INF)):
+            if ask:
+                self._absorb("s", sseen, epoch, hi, info, write=bool(done))
+            elif done:
+                self._invalidate("s")
+        if wake or (claimed and not self._carry("w", w0, wgen, claimed, due)):
             self._invalidate("w")
-        self._absorb("s", gen, epoch, max(item[4] for item in items), info)
-        if any(done):
+        if wake:
             self._waker.notify()
-        return [bool(d) for d in done]
+        return out
 
     async def retry_step(
         self, run_id: str, seq: int, lease: int, attempt: int, ready_at: float
@@ -604,6 +787,67 @@ class PostgresBackend(PgConnections):
 
     async def wait(self, timeout: float) -> None:
         await self._waker.wait(timeout)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _jsonb_stable(value: Any) -> bool:
+    """Whether ``value`` reads back from JSONB exactly as it is. Not so for objects (JSONB
+    sorts their keys) or floats (``1e16`` comes back as an integer)."""
+    if value is None or isinstance(value, bool | int):
+        return True
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, list):
+        return all(_jsonb_stable(v) for v in value)
+    return False
+
+
+def _within_run(c: Commit) -> bool:
+    """Whether ``c`` writes to no run but its own (the server's ``commit1`` fast path)."""
+    return not (
+        c.timers
+        or c.cancel_timers
+        or c.hooks
+        or c.dispose_hooks
+        or c.new_runs
+        or c.hook_resumes
+        or c.deliveries
+    )
+
+
+def _wakes(c: Commit, flags: str) -> bool:
+    """Whether a commit made work local claimers may take (or a timer to wait for): steps
+    leased to the committer (eager dispatch) are its own to run."""
+    return "w" in flags or "t" in flags or any(not _leased(st) for st in c.steps)
+
+
+def _due(steps: Sequence[StepTask], now: float) -> float:
+    """The earliest time one of these leased steps may become claimable."""
+    return min(
+        (st.ready_at if st.ready_at > now else st.lease_expires or _INF for st in steps),
+        default=_INF,
+    )
+
+
+def _leased(s: StepTask) -> bool:
+    """A step stored leased to its committer (eager dispatch)."""
+    return bool(s.lease) and s.lease_expires is not None
+
+
+@attrs.frozen
+class _Finish:
+    """A step result to deliver; ``claim``: lease seconds to claim the run's workflow task
+    with afterwards (``finish_step_and_claim``), or None."""
+
+    run_id: str
+    seq: int
+    lease: int
+    outcome: Event
+    now: float
+    claim: float | None
 
 
 def _bounded_put(d: OrderedDict[str, Any], key: str, value: Any, size: int = _RECORDS) -> None:

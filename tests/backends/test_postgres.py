@@ -181,8 +181,8 @@ async def test_concurrent_openers_create_the_schema_once(url: str) -> None:
         for b in backends:
             tg.start_soon(b.open)
     try:
-        rows = _sql(url, f'SELECT version FROM "{_schema(url)}".schema_version')
-        assert rows == [(_pg_schema.SCHEMA_VERSION,)]
+        rows = _sql(url, f'SELECT version FROM "{_schema(url)}".schema_version ORDER BY 1')
+        assert rows == [(v,) for v, _ in _pg_schema.MIGRATIONS]  # each version applied once
     finally:
         for b in backends:
             await b.close()
@@ -379,6 +379,269 @@ async def test_a_write_wakes_a_waiter_on_another_backend(url: str) -> None:
                 await woke.wait()
             assert time.monotonic() - t0 < 1.0
         assert (await a.claim_workflow_task(T0, LEASE)) is not None
+
+
+# -- eager dispatch ------------------------------------------------------------------------------
+
+TOKEN = 987_654_321_987  # a worker's own lease token for a step it pre-leases
+
+
+def _pre(run_id: str, seq: int, now: float = T0, token: int = TOKEN) -> StepTask:
+    """A step committed already leased to the committer, until ``now + LEASE``."""
+    return StepTask(run_id, seq, "s", [seq], 1, now, token + seq, now + LEASE)
+
+
+async def _with_pre_leased(b: PostgresBackend, *seqs: int) -> tuple[str, Any]:
+    """A run whose first commit scheduled steps ``seqs`` pre-leased; its claim is spent."""
+    rec = await create(b)
+    got = await claim_run(b, rec.run_id)
+    assert await b.apply_commit(commit(got, steps=tuple(_pre(rec.run_id, q) for q in seqs)))
+    return rec.run_id, got
+
+
+async def test_a_pre_leased_step_is_stored_leased_and_redelivered_after_its_lease(
+    url: str,
+) -> None:
+    async with _Opened(url, 2) as (a, b):
+        run_id, _ = await _with_pre_leased(a, 1)
+        rows = _sql(
+            url,
+            f'SELECT lease, lease_expires FROM "{_schema(url)}".steps WHERE run_id = %s',
+            (run_id,),
+        )
+        assert rows == [(TOKEN + 1, T0 + LEASE)]
+        # Not claimable while leased, from this object (its memory) or another (the server).
+        for backend in (a, b):
+            assert await backend.claim_step_tasks(T0 + LEASE - 1, 10, LEASE) == []
+            st = await backend.state(T0 + 1)
+            assert (st.ready_steps, st.leased_steps, st.next_due) == (0, 1, T0 + LEASE)
+        # The token works like a claimed task's: heartbeat, then one finish only.
+        assert await a.heartbeat_step(run_id, 1, TOKEN + 1, T0 + 10, LEASE)
+        assert await b.claim_step_tasks(T0 + LEASE + 1, 10, LEASE) == []  # extended
+        (again,) = await b.claim_step_tasks(T0 + LEASE + 10, 10, LEASE)  # expired: redelivered
+        assert (again.run_id, again.seq) == (run_id, 1) and again.lease != TOKEN + 1
+        outcome = ev.StepCompleted(1, "x", 1)
+        assert not await a.finish_step(run_id, 1, TOKEN + 1, outcome, T0 + 41)  # stale token
+        assert await b.finish_step(run_id, 1, again.lease, outcome, T0 + 41)
+        assert not await b.finish_step(run_id, 1, again.lease, outcome, T0 + 41)
+        got = await claim_run(a, run_id, T0 + 42)
+        assert [e.event for e in got.inbox] == [outcome]
+
+
+async def test_a_pre_leased_step_finishes_once_with_its_token(url: str) -> None:
+    async with _Opened(url) as (b,):
+        run_id, _ = await _with_pre_leased(b, 1, 2)
+        outcome = ev.StepCompleted(1, 1, 1)
+        assert not await b.finish_step(run_id, 1, TOKEN + 2, outcome, T0 + 1)  # not its token
+        assert await b.finish_step(run_id, 1, TOKEN + 1, outcome, T0 + 1)
+        assert not await b.finish_step(run_id, 1, TOKEN + 1, outcome, T0 + 1)
+        assert await b.retry_step(run_id, 2, TOKEN + 2, 2, T0 + 5)  # released for a retry
+        assert not await b.heartbeat_step(run_id, 2, TOKEN + 2, T0 + 2, LEASE)
+        (retried,) = await b.claim_step_tasks(T0 + 5, 10, LEASE)
+        assert (retried.seq, retried.attempt) == (2, 2)
+
+
+async def test_finish_step_and_claim_claims_and_fences_like_a_claim(url: str) -> None:
+    async with _Opened(url, 2) as (a, b):
+        run_id, first = await _with_pre_leased(a, 1)
+        outcome = ev.StepCompleted(1, "r", 1)
+        ok, got = await a.finish_step_and_claim(run_id, 1, TOKEN + 1, outcome, T0 + 1, LEASE)
+        assert ok and got is not None
+        assert got.run.run_id == run_id and got.run.status is RunStatus.RUNNING
+        assert got.lease == first.lease + 1  # the fence was bumped
+        assert [e.event for e in got.inbox] == [outcome]
+        assert got.history_length == 0
+        # Leased: no other claim gets it, and an older lease is fenced out.
+        assert await b.claim_workflow_task(T0 + 2, LEASE) is None
+        assert await a.claim_workflow_task(T0 + 2, LEASE) is None
+        assert not await b.apply_commit(commit(first, T0 + 2))
+        assert await a.renew_workflow_lease(run_id, got.lease, T0 + 3, LEASE)
+        # After the lease expires another claim takes the run and fences this one out.
+        late = await claim_run(b, run_id, T0 + 3 + LEASE + 1)
+        assert late.lease == got.lease + 1
+        assert [e.event for e in late.inbox] == [outcome]
+        assert not await a.apply_commit(commit(got, T0 + 40))
+        assert await b.apply_commit(commit(late, T0 + 41, events=(ev.Activated(T0 + 41),)))
+        assert await a.read_history(run_id) == [ev.Activated(T0 + 41)]
+
+
+async def test_finish_step_and_claim_refuses_a_stale_lease_and_changes_nothing(url: str) -> None:
+    async with _Opened(url, 2) as (a, b):
+        run_id, _ = await _with_pre_leased(a, 1)
+        (again,) = await b.claim_step_tasks(T0 + LEASE, 10, LEASE)  # the pre-lease expired
+        fence = _sql(url, f'SELECT fence FROM "{_schema(url)}".runs WHERE run_id = %s', (run_id,))
+        outcome = ev.StepCompleted(1, "late", 1)
+        res = await a.finish_step_and_claim(run_id, 1, TOKEN + 1, outcome, T0 + LEASE, LEASE)
+        assert res == (False, None)
+        assert (
+            _sql(url, f'SELECT fence FROM "{_schema(url)}".runs WHERE run_id = %s', (run_id,))
+            == fence
+        )
+        assert await a.claim_workflow_task(T0 + LEASE, LEASE) is None  # nothing delivered
+        assert await b.heartbeat_step(run_id, 1, again.lease, T0 + LEASE, LEASE)
+        ok, got = await b.finish_step_and_claim(
+            run_id, 1, again.lease, ev.StepCompleted(1, "ok", 1), T0 + LEASE + 1, LEASE
+        )
+        assert ok and got is not None and [e.event.result for e in got.inbox] == ["ok"]  # type: ignore[attr-defined]
+
+
+async def test_finish_step_and_claim_leaves_a_run_leased_elsewhere(url: str) -> None:
+    async with _Opened(url, 2) as (a, b):
+        run_id, _ = await _with_pre_leased(a, 1, 2)
+        assert await a.finish_step(run_id, 1, TOKEN + 1, ev.StepCompleted(1, 1, 1), T0 + 1)
+        holder = await claim_run(b, run_id, T0 + 1)  # another worker activates the run
+        ok, got = await a.finish_step_and_claim(
+            run_id, 2, TOKEN + 2, ev.StepCompleted(2, 2, 1), T0 + 2, LEASE
+        )
+        assert (ok, got) == (True, None)
+        # The holder's lease is intact; the result waits in the inbox for the next activation.
+        assert await b.apply_commit(commit(holder, T0 + 3))
+        nxt = await claim_run(a, run_id, T0 + 4)
+        assert [e.event for e in nxt.inbox] == [ev.StepCompleted(2, 2, 1)]
+        assert nxt.lease == holder.lease + 1
+
+
+async def test_finish_step_and_claim_leaves_a_task_not_ready_yet(url: str) -> None:
+    async with _Opened(url) as (b,):
+        run_id, _ = await _with_pre_leased(b, 1)
+        # A signal from a host whose clock runs ahead queues the task for T0 + 100.
+        assert await b.append_inbox(run_id, (ev.SignalReceived("s"),), T0 + 100)
+        ok, claim = await b.finish_step_and_claim(
+            run_id, 1, TOKEN + 1, ev.StepCompleted(1, 1, 1), T0 + 50, LEASE
+        )
+        assert (ok, claim) == (True, None)
+        assert await b.claim_workflow_task(T0 + 99, LEASE) is None
+        got = await claim_run(b, run_id, T0 + 100)
+        assert [e.event for e in got.inbox] == [
+            ev.SignalReceived("s"),
+            ev.StepCompleted(1, 1, 1),
+        ]
+
+
+async def test_concurrent_finish_and_claims_are_batched_and_each_claims_its_run(
+    url: str,
+) -> None:
+    async with _Opened(url) as (b,):
+        runs = [(await _with_pre_leased(b, 1))[0] for _ in range(12)]
+        got: dict[str, Any] = {}
+
+        async def finish(run_id: str) -> None:
+            got[run_id] = await b.finish_step_and_claim(
+                run_id, 1, TOKEN + 1, ev.StepCompleted(1, run_id, 1), T0 + 1, LEASE
+            )
+
+        async with anyio.create_task_group() as tg:
+            for run_id in runs:
+                tg.start_soon(finish, run_id)
+        assert all(ok and c is not None and c.run.run_id == r for r, (ok, c) in got.items())
+        assert {r: [e.event for e in c.inbox] for r, (_, c) in got.items()} == {
+            r: [ev.StepCompleted(1, r, 1)] for r in runs
+        }
+        assert await b.claim_workflow_task(T0 + 2, LEASE) is None
+
+
+async def test_what_the_backend_remembers_matches_the_server(url: str) -> None:
+    """After eager commits and finishes, a backend answers claims and ``state()`` from what it
+    carried over locally; a fresh object on the same store asks the server. They agree."""
+    async with _Opened(url) as (a,):
+        runs = [(await _with_pre_leased(a, 1, 2))[0] for _ in range(3)]
+        for i, run_id in enumerate(runs):
+            ok, claim = await a.finish_step_and_claim(
+                run_id, 1, TOKEN + 1, ev.StepCompleted(1, 1, 1), T0 + 1 + i, LEASE
+            )
+            assert ok and claim is not None
+            if i < 2:  # two runs commit (one scheduling a pre-leased step), one stays leased
+                steps = (_pre(run_id, 3, T0 + 2 + i),) if i == 0 else ()
+                assert await a.apply_commit(commit(claim, T0 + 2 + i, steps=steps))
+        assert await a.fire_due_timers(T0 + 5) == 0  # now it knows of every queue
+        calls: list[str] = []
+        run = a._run
+
+        async def counting(name: str, *args: Any, **kw: Any) -> Any:
+            calls.append(name)
+            return await run(name, *args, **kw)
+
+        a._run = counting  # type: ignore[method-assign]
+        st = await a.state(T0 + 5)
+        assert calls == [], "state() should have been answered from memory"
+        assert (st.leased_workflow_tasks, st.leased_steps) == (1, 4)
+        for now in (T0 + 5, T0 + LEASE + 0.5, T0 + LEASE + 2.5, T0 + 2 * LEASE):
+            async with _Opened(url) as (fresh,):
+                mine, theirs = await a.state(now), await fresh.state(now)
+                assert mine == theirs, now
+
+
+async def test_finish_step_and_claim_wakes_another_backend_like_finish_step(url: str) -> None:
+    async with _Opened(url, 2) as (a, b):
+        run_id, _ = await _with_pre_leased(a, 1)
+        await b.claim_workflow_task(T0, LEASE)  # nothing claimable: b trusts "empty"
+        woke = anyio.Event()
+
+        async def waiter() -> None:
+            await b.wait(10)
+            woke.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.2)
+            await a.finish_step_and_claim(
+                run_id, 1, TOKEN + 1, ev.StepCompleted(1, 1, 1), T0 + 1, LEASE
+            )
+            with anyio.fail_after(5):
+                await woke.wait()
+        # b forgot "empty": its next claim asks the server (the run is leased: nothing)
+        assert await b.claim_workflow_task(T0 + 2, LEASE) is None
+        st = await b.state(T0 + 2)
+        assert (st.ready_workflow_tasks, st.leased_workflow_tasks) == (0, 1)
+
+
+async def test_a_version_1_store_is_migrated(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store created by the plait before eager dispatch (schema version 1), with a run in
+    flight, is migrated forward on open and keeps its data; its pending step then finishes
+    through the eager calls."""
+    import psycopg
+
+    from plait.backends._pg_client import commit_doc, dumps, rec_doc
+
+    s = _schema(url)
+    monkeypatch.setattr(_pg_schema, "MIGRATIONS", _pg_schema.MIGRATIONS[:1])
+    monkeypatch.setattr(_pg_schema, "SCHEMA_VERSION", 1)
+    rec = make_record()
+    with psycopg.connect(_pg_schema.parse_url(url).conninfo, autocommit=True) as conn:
+        aconn = await psycopg.AsyncConnection.connect(
+            _pg_schema.parse_url(url).conninfo, autocommit=True
+        )
+        try:
+            await _pg_schema.migrate(aconn, s)
+        finally:
+            await aconn.close()
+        conn.execute(
+            f'SELECT "{s}".create_run(%s::jsonb, %s::jsonb, %s, %s)',
+            (dumps(rec_doc(rec)), dumps([]), T0, "v1"),
+        )
+        conn.execute(f'SELECT "{s}".requeue(%s, %s, %s)', (rec.run_id, T0, "v1"))
+        claims = conn.execute(f'SELECT "{s}".claim_wfs(%s, %s, 1)', (T0, LEASE)).fetchone()
+        fence = claims[0][0][0][0][14]  # type: ignore[index]
+        step = StepTask(rec.run_id, 1, "s", [], 1, T0)
+        doc = commit_doc(Commit(run_id=rec.run_id, lease=fence, now=T0, steps=(step,)))
+        conn.execute(
+            f'SELECT "{s}".apply_commits(%s::jsonb, %s::text[], %s)',
+            ("[" + doc + "]", [rec.run_id], "v1"),
+        )
+    monkeypatch.undo()
+    assert _sql(url, f'SELECT max(version) FROM "{s}".schema_version') == [(1,)]
+    async with _Opened(url, 2) as (a, b):
+        versions = _sql(url, f'SELECT version FROM "{s}".schema_version ORDER BY 1')
+        assert versions == [(v,) for v, _ in _pg_schema.MIGRATIONS]
+        assert (await a.get_run(rec.run_id)) == rec
+        (task,) = await a.claim_step_tasks(T0, 10, LEASE)
+        ok, claim = await b.finish_step_and_claim(
+            rec.run_id, 1, task.lease, ev.StepCompleted(1, 1, 1), T0 + 1, LEASE
+        )
+        assert ok and claim is not None and claim.run.run_id == rec.run_id
+        assert claim.lease == fence + 1
+        assert await b.apply_commit(commit(claim, T0 + 1, steps=(_pre(rec.run_id, 2, T0 + 1),)))
+        assert await a.claim_step_tasks(T0 + 2, 10, LEASE) == []
 
 
 # -- through Engine and Worker -------------------------------------------------------------------
