@@ -177,3 +177,11 @@ class RunTerminated(PlaitError):
         super().__init__(f"run {run_id} was terminated" + (f": {reason}" if reason else ""))
         self.run_id = run_id
         self.reason = reason
+
+
+# Errors are public as ``plait.X``: recorded ErrorInfo types and reprs use that name.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and issubclass(_obj, BaseException):
+        _obj.__module__ = "plait"
+del _name, _obj

@@ -118,7 +118,7 @@ def test_uncaught_step_failure_fails_the_run() -> None:
     run = Run(one_step, "a")
     (fail,) = run.send(ev.StepFailed(1, k.ErrorInfo("OSError", "down"), attempts=2))
     assert isinstance(fail, cmd.FailRun) and fail.seq == 2
-    assert fail.error.type == "plait.kernel.errors.StepFailed"
+    assert fail.error.type == "plait.StepFailed"
     assert fail.error.message == f"step {fetch.name!r} failed after 2 attempt(s): OSError: down"
     assert run.status is k.RunStatus.FAILED and run.error == fail.error
 
