@@ -21,6 +21,33 @@ import anyio
 from plait._bench import bench
 from plait.testing.servers import Unavailable, provide
 
+# The issues' targets on this 2-core machine: steps/s to reach, or seconds not to exceed.
+TARGETS: dict[tuple[str, str], tuple[str, float]] = {
+    ("memory", "sequential"): ("steps_per_s", 10_000),
+    ("sqlite", "sequential"): ("steps_per_s", 4_000),
+    ("sqlite", "fanout"): ("seconds", 0.15),
+    ("postgres", "sequential"): ("steps_per_s", 1_200),
+    ("postgres", "concurrent"): ("steps_per_s", 2_500),
+    ("postgres", "fanout"): ("seconds", 0.15),
+    ("redis", "sequential"): ("steps_per_s", 3_000),
+}
+
+
+def verdicts(backend: str, results: dict[str, dict[str, object]]) -> list[str]:
+    """One line per target of ``backend`` that this run measured: met or missed."""
+    lines = []
+    for (name, workload), (key, target) in TARGETS.items():
+        if name != backend or workload not in results:
+            continue
+        value = float(results[workload]["median"][key])  # type: ignore[index]
+        met = value >= target if key == "steps_per_s" else value <= target
+        bound = ">=" if key == "steps_per_s" else "<="
+        lines.append(
+            f"  target {workload} {key} {bound} {target:g}: {value:,.3f} "
+            f"({'met' if met else 'MISSED'})"
+        )
+    return lines
+
 
 def url_for(name: str) -> str:
     if name == "memory":
@@ -60,6 +87,8 @@ def main() -> int:
         print(f"{backend}:")
         out = anyio.run(bench, url, names, args.repeat, None)
         report["backends"][backend] = out["results"]
+        for line in verdicts(backend, out["results"]):
+            print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
