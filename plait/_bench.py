@@ -69,6 +69,19 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
+def _run_figures(runs: int, wall: float, latencies: list[float]) -> dict[str, Any]:
+    """Figures of a workload of ``runs`` ten-step runs that took ``wall`` seconds."""
+    return {
+        "runs": runs,
+        "steps": runs * 10,
+        "seconds": wall,
+        "runs_per_s": runs / wall,
+        "steps_per_s": runs * 10 / wall,
+        "p50_ms": _pct(latencies, 50) * 1e3,
+        "p99_ms": _pct(latencies, 99) * 1e3,
+    }
+
+
 async def _sequential(engine: plait.Engine, runs: int) -> dict[str, Any]:
     lat: list[float] = []
     t0 = time.perf_counter()
@@ -78,15 +91,7 @@ async def _sequential(engine: plait.Engine, runs: int) -> dict[str, Any]:
         await h.result(timeout=60)
         lat.append(time.perf_counter() - s)
     wall = time.perf_counter() - t0
-    return {
-        "runs": runs,
-        "steps": runs * 10,
-        "seconds": wall,
-        "runs_per_s": runs / wall,
-        "steps_per_s": runs * 10 / wall,
-        "p50_ms": _pct(lat, 50) * 1e3,
-        "p99_ms": _pct(lat, 99) * 1e3,
-    }
+    return _run_figures(runs, wall, lat)
 
 
 async def _concurrent(engine: plait.Engine, runs: int) -> dict[str, Any]:
@@ -102,15 +107,7 @@ async def _concurrent(engine: plait.Engine, runs: int) -> dict[str, Any]:
         for h in handles:
             tg.start_soon(wait, h)
     wall = time.perf_counter() - t0
-    return {
-        "runs": runs,
-        "steps": runs * 10,
-        "seconds": wall,
-        "runs_per_s": runs / wall,
-        "steps_per_s": runs * 10 / wall,
-        "p50_ms": _pct(lat, 50) * 1e3,
-        "p99_ms": _pct(lat, 99) * 1e3,
-    }
+    return _run_figures(runs, wall, lat)
 
 
 async def _fanout(engine: plait.Engine, children: int) -> dict[str, Any]:
