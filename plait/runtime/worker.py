@@ -90,6 +90,8 @@ class Worker:
         self.max_backoff = max_backoff
         self._cache: OrderedDict[str, Machine] = OrderedDict()
         self._inflight = 0
+        self._ticking = False
+        self._epoch = 0  # bumped whenever the worker may have changed the backend's state
         self._stopping = False
         self._tg: TaskGroup | None = None
         self._drained: anyio.Event | None = None
@@ -134,6 +136,14 @@ class Worker:
     def idle(self) -> bool:
         return self._inflight == 0
 
+    @property
+    def activity(self) -> tuple[int, int, bool]:
+        """A token that changes whenever this worker may have changed the backend's state.
+
+        Equal tokens, idle, around a backend read mean the read saw the worker quiescent: the
+        time-skipping environment relies on it to never skip time past work in flight."""
+        return (self._epoch, self._inflight, self._ticking)
+
     async def requeue_blocked(self) -> int:
         """Queue every blocked run once: a new deploy may replay it cleanly."""
         n = 0
@@ -151,10 +161,8 @@ class Worker:
         requeued = False
         while not self._stopping:
             try:
-                if not requeued:
-                    await self.requeue_blocked()
-                    requeued = True
-                progressed = await self._tick(self._tg)
+                progressed = await self._tick(self._tg, requeue=not requeued)
+                requeued = True
                 backoff = 0.0
                 if progressed:
                     await anyio.lowlevel.checkpoint()
@@ -171,7 +179,18 @@ class Worker:
                 self.stats["backend_errors"] += 1
                 await anyio.sleep(backoff)
 
-    async def _tick(self, tg: TaskGroup) -> bool:
+    async def _tick(self, tg: TaskGroup, requeue: bool = False) -> bool:
+        self._ticking = True
+        self._epoch += 1
+        try:
+            if requeue:
+                await self.requeue_blocked()
+            return await self._claim_into(tg)
+        finally:
+            self._ticking = False
+            self._epoch += 1
+
+    async def _claim_into(self, tg: TaskGroup) -> bool:
         now = self.clock.now()
         progressed = await self.backend.fire_due_timers(now) > 0
         while self._inflight < self.concurrency and not self._stopping:
@@ -205,6 +224,7 @@ class Worker:
             log.exception("plait worker task failed")
         finally:
             self._inflight -= 1
+            self._epoch += 1
             if self._inflight == 0 and self._drained is not None:
                 self._drained.set()
             self.backend.notify()

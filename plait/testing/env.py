@@ -113,9 +113,14 @@ class TimeSkippingEnvironment:
         """Make progress at the current virtual time; False when nothing is ready."""
         if self.deterministic:
             return await self.worker.run_one()
+        before = self.worker.activity
         st = await self.backend.state(self.clock.now())
+        after = self.worker.activity
+        _, inflight, ticking = after
         busy = (
-            not self.worker.idle
+            after != before  # the worker moved while we read: the read may be stale
+            or inflight
+            or ticking
             or st.ready_workflow_tasks
             or st.ready_steps
             or await self.backend.fire_due_timers(self.clock.now())
