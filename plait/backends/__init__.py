@@ -14,6 +14,7 @@ from .base import (
     NewRun,
     RunRecord,
     SchemaError,
+    SpeculativeBackend,
     StepTask,
     Timer,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "NewRun",
     "RunRecord",
     "SchemaError",
+    "SpeculativeBackend",
     "StepTask",
     "Timer",
 ]

@@ -361,3 +361,33 @@ class EagerBackend(Backend, Protocol):
         ready and has no live lease. ``(False, None)`` and nothing changed when the finish is
         refused; ``(True, None)`` when the run's task cannot be claimed now."""
         ...
+
+
+@runtime_checkable
+class SpeculativeBackend(EagerBackend, Protocol):
+    """The optional speculative-activation extension of ``EagerBackend``.
+
+    A worker that ran a run's only outstanding step already knows the run's next activation:
+    it feeds the step's outcome to its cached machine and sends the resulting commit together
+    with the step's finish. When nothing else happened to the run meanwhile, a step then costs
+    one round trip instead of two. A backend implements it and sets
+    ``supports_speculation = True``.
+    """
+
+    supports_speculation: bool
+
+    async def finish_step_and_commit(
+        self, run_id: str, seq: int, lease: int, commit: Commit, history_length: int
+    ) -> bool:
+        """Optional (when ``supports_speculation``): finish step ``(run_id, seq)`` held with
+        ``lease`` and apply ``commit`` to ``run_id`` in one atomic step, or change nothing.
+
+        It applies only when the run is *quiet*: open, its inbox empty, its workflow task
+        under no live lease, and its history exactly ``history_length`` events long. Then the
+        step task is deleted (its outcome is the first of ``commit.events``, going straight
+        to the history instead of the inbox) and ``commit`` is applied as ``apply_commit``
+        applies a commit with ``lease=None``: the fencing token advances, so a stale holder of
+        the run's lease is fenced out. ``commit.lease`` and ``commit.inbox_upto`` are ignored.
+        False, with nothing changed, when the step lease is stale or the run is not quiet: the
+        caller then finishes the step the ordinary way."""
+        ...

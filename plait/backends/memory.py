@@ -38,9 +38,11 @@ class _Step:
 class MemoryBackend:
     """``memory://``: everything in dicts; lost when the process ends. For tests and demos."""
 
-    # It implements the eager-dispatch calls (the reference for the conformance suite) but
-    # does not ask the runtime to use them: with no round trips to save they only cost.
+    # It implements the eager-dispatch and speculation calls (the reference for the
+    # conformance suite) but does not ask the runtime to use them: with no round trips to
+    # save they only cost, and the plain path stays exercised.
     supports_eager = False
+    supports_speculation = False
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
@@ -322,6 +324,23 @@ class MemoryBackend:
             inbox=tuple(self._inbox[run_id]),
             history_length=len(self._history[run_id]),
         )
+
+    async def finish_step_and_commit(
+        self, run_id: str, seq: int, lease: int, commit: Commit, history_length: int
+    ) -> bool:
+        run = self._runs.get(run_id)
+        if (
+            run is None
+            or commit.run_id != run_id
+            or self._held(run_id, seq, lease) is None
+            or run.closed
+            or self._inbox[run_id]
+            or len(self._history[run_id]) != history_length
+            or not self._wf_claimable(run_id, commit.now)
+        ):
+            return False
+        del self._steps[(run_id, seq)]
+        return await self.apply_commit(attrs.evolve(commit, lease=None, inbox_upto=0))
 
     async def retry_step(
         self, run_id: str, seq: int, lease: int, attempt: int, ready_at: float

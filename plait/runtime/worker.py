@@ -20,7 +20,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from ..backends.base import ClaimedRun, Commit, StepTask
+from ..backends.base import ClaimedRun, Commit, RunRecord, StepTask
 from ..kernel import events as ev
 from ..kernel.codec import decode_args, encode
 from ..kernel.errors import ErrorInfo, FatalError, NonDeterminismError, WorkflowError
@@ -38,6 +38,9 @@ __all__ = ["Worker"]
 log = logging.getLogger("plait.worker")
 
 _BLOCKING = (NonDeterminismError, FatalError, WorkflowError, AssertionError)
+
+_Spec = tuple[RunRecord, Machine, int]
+"""A step whose run waits on it alone: the run, its cached machine and that machine's length."""
 
 
 def _index(items: Iterable[Any], kind: str) -> dict[str, Any]:
@@ -97,6 +100,9 @@ class Worker:
         self._drained: anyio.Event | None = None
         self._running: dict[tuple[str, int], int] = {}
         self._eager = False  # set in __aenter__: the deterministic test mode never uses it
+        self._speculative = False  # likewise
+        # Steps that may finish with a speculative activation: the run, its machine, its length.
+        self._spec: dict[tuple[str, int], _Spec] = {}
         self.stats = {
             "activations": 0,
             "steps": 0,
@@ -104,6 +110,8 @@ class Worker:
             "fenced": 0,
             "blocked": 0,
             "backend_errors": 0,
+            "speculations": 0,
+            "speculations_refused": 0,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -111,6 +119,9 @@ class Worker:
     async def __aenter__(self) -> Worker:
         await self.engine.open()
         self._eager = bool(getattr(self.backend, "supports_eager", False))
+        self._speculative = self._eager and bool(
+            getattr(self.backend, "supports_speculation", False)
+        )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._loop)
@@ -348,6 +359,11 @@ class Worker:
             self.stats["fenced"] += 1
             log.info("commit for run %s was fenced out (stale lease)", run.run_id)
             return
+        return await self._committed(run, machine, commit)
+
+    async def _committed(self, run: RunRecord, machine: Machine, commit: Commit) -> StepTask | None:
+        """What follows an applied commit: observers, close handling, the sticky cache, and
+        the steps it leased to this worker (the first returned for this slot to run next)."""
         self.stats["activations"] += 1
         if self.engine.observers.active:
             for e in machine.new_events:
@@ -361,11 +377,42 @@ class Worker:
         leased = [st for st in commit.steps if st.lease]
         if not leased:
             return None
+        if self._speculative and len(commit.steps) == 1 and not machine.closed:
+            # The run waits on this one step: its result can carry the next activation.
+            self._spec[(run.run_id, leased[0].seq)] = (run, machine, len(machine.history))
         for st in leased[1:]:  # the others get slots of their own
             self._inflight += 1
             assert self._tg is not None
             self._tg.start_soon(self._guard, st)
         return leased[0]
+
+    async def _speculate(
+        self, task: StepTask, outcome: ev.Event, spec: _Spec
+    ) -> tuple[Machine, Commit] | None:
+        """Finish ``task`` together with the activation its outcome causes, in one backend
+        call (``SpeculativeBackend``). None, with nothing changed, when the cached machine
+        moved on or the backend refused (the run was not quiet): the caller then finishes the
+        step the ordinary way, and the run is replayed from its stored history."""
+        run, machine, length = spec
+        if self._cache.get(run.run_id) is not machine or len(machine.history) != length:
+            return None
+        del self._cache[run.run_id]  # advanced below: only a stored commit may put it back
+        now = self.clock.now()
+        try:
+            commands = machine.activate([outcome], now)
+        except _BLOCKING:
+            return None  # the ordinary path replays the run and blocks it
+        commit = build_commit(run, 0, now, machine.new_events, commands, 0, self.engine.new_seed)
+        if commit.steps:
+            commit = self._pre_lease(commit, now)
+        backend: Any = self.backend
+        if not await backend.finish_step_and_commit(
+            task.run_id, task.seq, task.lease, commit, length
+        ):
+            self.stats["speculations_refused"] += 1
+            return None
+        self.stats["speculations"] += 1
+        return machine, commit
 
     def _remember(self, run_id: str, machine: Machine) -> None:
         self._cache[run_id] = machine
@@ -374,8 +421,9 @@ class Worker:
 
     # -- step tasks ----------------------------------------------------------------------------
 
-    async def _run_step(self, task: StepTask, eager: bool = True) -> ClaimedRun | None:
+    async def _run_step(self, task: StepTask, eager: bool = True) -> ClaimedRun | StepTask | None:
         eager = eager and self._eager
+        spec = self._spec.pop((task.run_id, task.seq), None) if eager else None
         step = self.steps.get(task.name)
         started = time.perf_counter()
         if step is None:
@@ -408,11 +456,12 @@ class Worker:
         self.stats["steps"] += 1
         outcome = ev.StepCompleted(task.seq, data, task.attempt)
         follow: ClaimedRun | None = None
-        if eager:
+        done = None if spec is None else await self._speculate(task, outcome, spec)
+        if done is None and eager:
             _, follow = await self.backend.finish_step_and_claim(
                 task.run_id, task.seq, task.lease, outcome, self.clock.now(), self.lease_seconds
             )
-        else:
+        elif done is None:
             await self.backend.finish_step(
                 task.run_id, task.seq, task.lease, outcome, self.clock.now()
             )
@@ -425,6 +474,9 @@ class Worker:
                 "completed",
                 time.perf_counter() - started,
             )
+        if done is not None:
+            assert spec is not None
+            return await self._committed(spec[0], *done)
         return follow
 
     async def _call(self, step: StepFunction, task: StepTask, info: StepInfo) -> Any:

@@ -35,6 +35,8 @@ from ._conformance_eager import *  # noqa: F403
 from ._conformance_eager import __all__ as _eager_tests
 from ._conformance_queues import *  # noqa: F403
 from ._conformance_queues import __all__ as _queue_tests
+from ._conformance_speculation import *  # noqa: F403
+from ._conformance_speculation import __all__ as _speculation_tests
 from ._conformance_store import *  # noqa: F403
 from ._conformance_store import __all__ as _store_tests
 from ._conformance_support import anyio_backend, conformance_backend, conformance_url
@@ -47,6 +49,7 @@ TESTS: tuple[str, ...] = (
     *_queue_tests,
     *_concurrency_tests,
     *_eager_tests,
+    *_speculation_tests,
 )
 """The names of the conformance tests, in suite order."""
 
