@@ -166,11 +166,21 @@ class SqliteOptions:
     path: str | None
     synchronous: str = "NORMAL"
     busy_timeout_ms: int = 5000
+    inline: bool = True
+
+    @property
+    def runs_inline(self) -> bool:
+        """Whether short calls may run on the event loop's thread: asked for, and no commit
+        waits for the disk (``synchronous=full`` syncs every commit)."""
+        return self.inline and self.synchronous != "FULL"
+
+
+_SWITCH = {"on": True, "off": False, "1": True, "0": False, "true": True, "false": False}
 
 
 def parse_url(url: str) -> SqliteOptions:
     """``sqlite:///rel.db``, ``sqlite:////abs.db``, ``sqlite://:memory:`` (or ``sqlite://``),
-    with ``?synchronous=normal|full`` and ``?busy_timeout=<ms>``."""
+    with ``?synchronous=normal|full``, ``?busy_timeout=<ms>`` and ``?inline=on|off``."""
     scheme, sep, rest = url.partition("://")
     if scheme.lower() != "sqlite" or not sep:
         raise BackendError(f"not a sqlite URL: {url!r}")
@@ -192,10 +202,13 @@ def parse_url(url: str) -> SqliteOptions:
         raise BackendError(
             f"sqlite URL {url!r}: busy_timeout={raw_timeout!r} is not a number of milliseconds"
         ) from None
+    raw_inline = options.pop("inline", "on").lower()
+    if raw_inline not in _SWITCH:
+        raise BackendError(f"sqlite URL {url!r}: inline={raw_inline!r} is not on or off")
     if options:
         raise BackendError(
             f"sqlite URL {url!r}: unknown option(s) {', '.join(sorted(options))}; "
-            "expected synchronous, busy_timeout"
+            "expected synchronous, busy_timeout, inline"
         )
     if rest in _MEMORY:
         path = None
@@ -208,7 +221,7 @@ def parse_url(url: str) -> SqliteOptions:
             f"sqlite URL {url!r} names a host; expected sqlite:///relative.db, "
             "sqlite:////absolute/path.db or sqlite://:memory:"
         )
-    return SqliteOptions(path, _SYNC[sync], timeout)
+    return SqliteOptions(path, _SYNC[sync], timeout, _SWITCH[raw_inline])
 
 
 # -- checking ----------------------------------------------------------------------------------
@@ -326,6 +339,9 @@ def connect(options: SqliteOptions) -> sqlite3.Connection:
             if str(mode).lower() != "wal":
                 raise BackendError(f"{where}: cannot switch to WAL mode (got {mode})")
         con.execute(f"PRAGMA synchronous = {options.synchronous}")
+        if options.path is not None and options.runs_inline:
+            # Checkpoints (disk syncs) run on the backend's thread, never inline in a commit.
+            con.execute("PRAGMA wal_autocheckpoint = 0")
     except sqlite3.Error as exc:
         con.close()
         raise BackendError(f"cannot set up {where}: {exc}") from None
@@ -495,6 +511,11 @@ class DbThread:
 
     On asyncio the result comes back through ``call_soon_threadsafe`` (one hop each way); on
     other event loops an anyio worker thread waits for it.
+
+    With ``inline``, a call made while the thread is idle runs on the caller's thread instead,
+    through ``inline(fn, args)``, which must never wait (it returns ``INLINE_REFUSED`` when it
+    would, e.g. on another process's lock); the call then goes to the thread as usual. The
+    hop each way costs more than a short transaction, so a sequential workload gains most.
     """
 
     MAX_GROUP = 64
@@ -505,10 +526,13 @@ class DbThread:
         group: Callable[[list[tuple[Callable[..., Any], tuple[Any, ...]]]], list[Any]]
         | None = None,
         groupable: Callable[[Callable[..., Any]], bool] | None = None,
+        inline: Callable[[Callable[..., Any], tuple[Any, ...]], Any] | None = None,
     ) -> None:
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._group = group
         self._groupable = groupable
+        self._inline = inline
+        self._lock = threading.Lock()  # held by whoever runs a job: the thread or a caller
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -537,21 +561,34 @@ class DbThread:
             fn, args, skip, done = job
             if skip():
                 continue
-            if self._group is not None and self._groupable is not None and self._groupable(fn):
-                jobs, carry = self._take(job)
-                if len(jobs) > 1:
-                    outcomes = self._group([(j[0], j[1]) for j in jobs])
-                    for j, (result, exc) in zip(jobs, outcomes, strict=True):
-                        j[3](result, exc)
-                    continue
-            try:
-                result = fn(*args)
-            except BaseException as exc:  # handed to the caller
-                done(None, exc)
-            else:
-                done(result, None)
+            with self._lock:
+                if self._group is not None and self._groupable is not None and self._groupable(fn):
+                    jobs, carry = self._take(job)
+                    if len(jobs) > 1:
+                        outcomes = self._group([(j[0], j[1]) for j in jobs])
+                        for j, (result, exc) in zip(jobs, outcomes, strict=True):
+                            j[3](result, exc)
+                        continue
+                try:
+                    result = fn(*args)
+                except BaseException as exc:  # handed to the caller
+                    done(None, exc)
+                else:
+                    done(result, None)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn`` for the thread without waiting for it (housekeeping)."""
+        self._jobs.put((fn, args, lambda: False, lambda result, exc: None))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._inline is not None and self._jobs.empty() and self._lock.acquire(False):
+            try:
+                result = self._inline(fn, args)
+            finally:
+                self._lock.release()
+            if result is not INLINE_REFUSED:
+                await anyio.lowlevel.checkpoint()  # a call stays a scheduling point
+                return result  # type: ignore[no-any-return]
         loop = _asyncio_loop()
         if loop is not None:
             fut: asyncio.Future[T] = loop.create_future()
@@ -580,6 +617,8 @@ class DbThread:
 
 
 _NOTHING = object()
+INLINE_REFUSED = object()
+"""What a ``DbThread`` inline runner returns when the call must go to the thread."""
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -632,6 +671,12 @@ class Hints:
 
     def idle(self, queue: str, now: float) -> bool:
         return now < self.until[queue] and time.monotonic() - self.read_at[queue] < self.max_age
+
+    def lower(self, queue: str, until: float) -> None:
+        """Work may appear in ``queue`` at ``until`` (a lease a local write gave out expires
+        then): keep no reading that promises otherwise."""
+        if until < self.until[queue]:
+            self.until[queue] = until
 
     def forget(self, queues: Sequence[str]) -> None:
         self.generation += 1

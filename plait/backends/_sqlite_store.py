@@ -28,6 +28,7 @@ from ._sqlite_schema import (
     COMMIT_RUN,
     DELIVER,
     HAS_RETURNING,
+    INLINE_REFUSED,
     INSERT_INBOX,
     INSERT_RUN,
     LOAD_SEQ,
@@ -70,6 +71,7 @@ __all__ = ["Store", "Readings"]
 
 T = TypeVar("T")
 _INF = float("inf")
+_QUEUES = ("wf", "steps", "timers")
 
 Readings = dict[str, float]
 """Per queue ("wf", "steps", "timers"): no claim before this time finds work; -inf: unknown."""
@@ -92,6 +94,7 @@ class Store:
         self._watch: str | None = None  # the run of the commit being applied
         self._watched = False  # whether this commit gave that run an inbox entry
         self._groupable = (self.write, self.claim)
+        self.commits = 0  # since the last checkpoint, when this backend makes them
 
     def open(self) -> None:
         if self.con is None:
@@ -113,6 +116,32 @@ class Store:
         if self._order is not None:
             con.execute(SAVE_SEQ, (self._order,))
         con.execute("COMMIT")
+        self.commits += 1
+
+    def inline(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """Run a write, claim or ``get_run`` on the caller's thread, but never wait: with
+        another connection holding the write lock it is refused (``INLINE_REFUSED``), rolled
+        back, for the backend's thread to make with the busy timeout. Other reads (lists,
+        histories, counts) may be long: they are refused too."""
+        if not (fn == self.write or fn == self.claim or fn == self.get_run):
+            return INLINE_REFUSED
+        if self.options.path is None:  # one connection, used by one thread at a time
+            return fn(*args)
+        con = self._con()
+        con.execute("PRAGMA busy_timeout = 0")
+        try:
+            return fn(*args)
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                return INLINE_REFUSED
+            raise
+        finally:
+            con.execute(f"PRAGMA busy_timeout = {self.options.busy_timeout_ms}")
+
+    def checkpoint(self) -> None:
+        """Copy the WAL back into the database file (``PASSIVE``: waits for nobody)."""
+        self.commits = 0
+        self._con().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def write(self, fn: Callable[..., T], *args: Any) -> T:
         con = self._con()
@@ -401,8 +430,7 @@ class Store:
         (requeued when its inbox still has entries: ones after ``inbox_upto``, or delivered by
         this commit), or, when closing, at once (a closed run takes no delivery, and its key is
         free for the new runs below)."""
-        con = self._con()
-        row = con.execute(COMMIT_RUN, (c.run_id, c.inbox_upto)).fetchone()
+        row = self._con().execute(COMMIT_RUN, (c.run_id, c.inbox_upto)).fetchone()
         if row is None:
             return False, {}
         rid, status, fence, lease_expires, length, more = row
@@ -412,13 +440,47 @@ class Store:
             fence += 1
         elif fence != c.lease or lease_expires is None or status in CLOSED:
             return False, {}
+        return True, self._apply(c, rid, status, fence, length, more, c.inbox_upto, _QUEUES)
+
+    def finish_step_and_commit(
+        self, run_id: str, seq: int, lease: int, c: Commit, history_length: int, queues: Any
+    ) -> tuple[bool, Readings]:
+        """The step finished by ``c`` (whose events start with its outcome), when the run is
+        quiet: open, ``history_length`` events long, inbox empty, no live lease. Readings are
+        taken of ``queues`` only (the ones the commit may add claimable work to)."""
+        row = self._con().execute(COMMIT_RUN, (run_id, 0)).fetchone()
+        if row is None or c.run_id != run_id:
+            return False, {}
+        rid, status, fence, lease_expires, length, more = row
+        if (
+            status in CLOSED
+            or more
+            or length != history_length
+            or (lease_expires is not None and lease_expires > c.now)
+            or not self._finish(run_id, seq, lease)
+        ):
+            return False, {}
+        return True, self._apply(c, rid, status, fence + 1, length, False, 0, queues)
+
+    def _apply(
+        self,
+        c: Commit,
+        rid: int,
+        status: str,
+        fence: int,
+        length: int,
+        more: bool,
+        upto: int,
+        queues: Sequence[str],
+    ) -> Readings:
+        """A commit whose fencing passed, on the run row ``rid`` as read (``more``: whether
+        its inbox has entries after ``upto``); readings of ``queues`` it may have added to."""
+        con = self._con()
         now = c.now
         if c.events:
             length = self._append_events(c.run_id, length, c.events)
-        if c.inbox_upto > 0:
-            con.execute(
-                "DELETE FROM plait_inbox WHERE run_id = ? AND id <= ?", (c.run_id, c.inbox_upto)
-            )
+        if upto > 0:
+            con.execute("DELETE FROM plait_inbox WHERE run_id = ? AND id <= ?", (c.run_id, upto))
         new_status = status if c.status is None else str(c.status)
         closing = new_status in CLOSED
         result = None if c.result is None else encode_json(c.result)
@@ -438,12 +500,14 @@ class Store:
                 con.execute(RELEASE_RUN_SAME_STATUS, (*fields, *queued, rid))
             else:
                 con.execute(RELEASE_RUN, (new_status, *fields, *queued, rid))
-        readings = {"wf": -_INF if requeue else self._next_wf_time(now)}
-        if c.steps:
+        readings: Readings = {}
+        if "wf" in queues:
+            readings["wf"] = -_INF if requeue else self._next_wf_time(now)
+        if c.steps and "steps" in queues:
             readings["steps"] = self._next_step_time(now)
-        if c.timers:
+        if c.timers and "timers" in queues:
             readings["timers"] = self._next_timer_time()
-        return True, readings
+        return readings
 
     def _apply_changes(self, c: Commit, now: float, closing: bool) -> None:
         """A commit's effects after its record update, in the reference backend's order."""

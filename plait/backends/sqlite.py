@@ -47,6 +47,10 @@ __all__ = ["SqliteBackend", "SqliteBackendPlugin", "POLL_SECONDS"]
 POLL_SECONDS = 0.1
 """Longest ``wait`` on a file database: changes made by other processes are seen this soon."""
 
+CHECKPOINT_EVERY = 200
+"""Commits between two WAL checkpoints, which this backend makes on its thread when it runs
+calls inline (SQLite's automatic ones would sync the disk inside an inline commit)."""
+
 T = TypeVar("T")
 _INF = float("inf")
 
@@ -56,9 +60,13 @@ def _wakes(c: Commit, readings: Readings) -> bool:
     timer, a step not pre-leased to the committer, or a workflow task ready at ``c.now`` (its
     run requeued, or one it delivered to). A commit whose only new work is steps it leased to
     itself wakes nobody (their leases expire long after any waiter polls again)."""
-    if c.timers or any(not (s.lease and s.lease_expires is not None) for s in c.steps):
+    if c.timers or any(not _pre_leased(s) for s in c.steps):
         return True
-    return readings["wf"] <= c.now
+    return readings.get("wf", _INF) <= c.now
+
+
+def _pre_leased(s: StepTask) -> bool:
+    return bool(s.lease) and s.lease_expires is not None
 
 
 _SHARED_HINTS: weakref.WeakValueDictionary[str, Hints] = weakref.WeakValueDictionary()
@@ -71,6 +79,7 @@ class SqliteBackend:
     when closed). Opens lazily on first use if ``open`` was not called."""
 
     supports_eager = True
+    supports_speculation = True
 
     def __init__(self, url: str = "sqlite://:memory:") -> None:
         self.url = url
@@ -103,7 +112,8 @@ class SqliteBackend:
             return
         store = self._store
         name = f"plait-sqlite:{self.options.path or ':memory:'}"
-        thread = self._thread = DbThread(name, store.group, store.groupable)
+        inline = store.inline if self.options.runs_inline else None
+        thread = self._thread = DbThread(name, store.group, store.groupable, inline)
         try:
             await thread.call(self._store.open)
         except BaseException:
@@ -138,9 +148,17 @@ class SqliteBackend:
         except sqlite3.Error as exc:  # e.g. still locked by another process after busy_timeout
             where = self.options.path or ":memory:"
             raise BackendError(f"sqlite database {where}: {exc}") from exc
+        finally:
+            if self._store.commits >= CHECKPOINT_EVERY and self.options.runs_inline:
+                self._store.commits = 0
+                if self.options.path is not None and self._thread is not None:
+                    self._thread.submit(self._store.checkpoint)
 
     @contextlib.contextmanager
     def _busy(self, queues: Sequence[str]) -> Iterator[None]:
+        if not queues:
+            yield
+            return
         done = anyio.Event()
         for q in queues:
             self._inflight[q].add(done)
@@ -250,12 +268,43 @@ class SqliteBackend:
             *(("steps",) if commit.steps else ()),
             *(("timers",) if commit.timers else ()),
         )
+        return await self._commit(commit, queues, self._store.apply_commit, commit)
+
+    async def finish_step_and_commit(
+        self, run_id: str, seq: int, lease: int, commit: Commit, history_length: int
+    ) -> bool:
+        # The run was quiet and stays unqueued: only these effects can add claimable work.
+        c = commit
+        queues = (
+            *(("wf",) if c.deliveries or c.new_runs or c.hooks or c.hook_resumes else ()),
+            *(("steps",) if any(not _pre_leased(s) for s in c.steps) else ()),
+            *(("timers",) if c.timers else ()),
+        )
+        store = self._store
+        ok = await self._commit(
+            c, queues, store.finish_step_and_commit, run_id, seq, lease, c, history_length, queues
+        )
+        if ok:
+            for s in c.steps:
+                if s.lease_expires is not None:
+                    self._hints.lower("steps", s.lease_expires)
+        return ok
+
+    async def _commit(
+        self,
+        commit: Commit,
+        queues: Sequence[str],
+        fn: Callable[..., tuple[bool, Readings]],
+        *args: Any,
+    ) -> bool:
+        """Apply ``commit`` with ``fn`` (which returns whether it did, and readings of the
+        ``queues`` it may have added work to), keeping the claim hints right around it."""
         hints = self._hints
         with self._busy(queues):
             hints.forget(queues)
             generation, read_at = hints.generation, time.monotonic()
             try:
-                ok, found = await self._run(self._store.write, self._store.apply_commit, commit)
+                ok, found = await self._run(self._store.write, fn, *args)
             except BaseException:
                 hints.forget(queues)
                 raise

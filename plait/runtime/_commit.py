@@ -66,7 +66,10 @@ def build_commit(
     commands: Sequence[cmd.Command],
     inbox_upto: int,
     new_seed: Callable[[], str],
+    pre_lease: Callable[[], tuple[int, float] | None] | None = None,
 ) -> Commit:
+    """``pre_lease`` gives each scheduled step a lease and its expiry (eager dispatch), or
+    None to leave it for any worker to claim."""
     run_id = record.run_id
     steps: list[StepTask] = []
     timers: list[Timer] = []
@@ -82,7 +85,11 @@ def build_commit(
     continued_to: str | None = None
     for c in commands:
         if isinstance(c, cmd.ScheduleStep):
-            steps.append(StepTask(run_id, c.seq, c.name, c.args, 1, now))
+            leased = pre_lease() if pre_lease is not None else None
+            if leased is None:
+                steps.append(StepTask(run_id, c.seq, c.name, c.args, 1, now))
+            else:
+                steps.append(StepTask(run_id, c.seq, c.name, c.args, 1, now, *leased))
         elif isinstance(c, cmd.StartTimer):
             timers.append(Timer(run_id, c.seq, c.fire_at))
         elif isinstance(c, cmd.CancelTimer):

@@ -13,11 +13,10 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import attrs
 from anyio.abc import TaskGroup
 
 from ..backends.base import ClaimedRun, Commit, RunRecord, StepTask
@@ -95,6 +94,8 @@ class Worker:
         self._inflight = 0
         self._ticking = False
         self._epoch = 0  # bumped whenever the worker may have changed the backend's state
+        self._due: float | None = None  # the earliest due time known (see ``_idle_wait``)
+        self._state_read = -float("inf")
         self._stopping = False
         self._tg: TaskGroup | None = None
         self._drained: anyio.Event | None = None
@@ -178,17 +179,39 @@ class Worker:
                 if progressed:
                     await anyio.lowlevel.checkpoint()
                     continue
-                wait = self.poll_interval
-                if not self.clock.virtual:
-                    st = await self.backend.state(self.clock.now())
-                    if st.next_due is not None:
-                        wait = max(0.0, min(wait, st.next_due - self.clock.now()))
-                await self.backend.wait(wait)
+                await self.backend.wait(await self._idle_wait())
             except Exception:
                 backoff = min(self.max_backoff, max(0.05, backoff * 2))
                 log.exception("plait worker: backend call failed; retrying in %.2fs", backoff)
                 self.stats["backend_errors"] += 1
                 await anyio.sleep(backoff)
+
+    async def _idle_wait(self) -> float:
+        """How long the loop may wait for a notification when nothing was claimable: until
+        the next due time it knows of, at most ``poll_interval``.
+
+        Due times of timers and retries this worker made are noted as it makes them; the
+        backend's ``state`` (a scan on some backends) is asked at most once per
+        ``poll_interval`` for the others (other processes' timers, lease expiries)."""
+        wait = self.poll_interval
+        if self.clock.virtual:
+            return wait
+        now = self.clock.now()
+        if time.monotonic() - self._state_read >= self.poll_interval:
+            self._state_read = time.monotonic()
+            st = await self.backend.state(now)
+            self._note_due(st.next_due)
+        due = self._due
+        if due is not None:
+            if due <= now:  # reached: one more look at once, then it is forgotten
+                self._due = None
+                return 0.0
+            wait = min(wait, due - now)
+        return wait
+
+    def _note_due(self, at: float | None) -> None:
+        if at is not None and (self._due is None or at < self._due):
+            self._due = at
 
     async def _tick(self, tg: TaskGroup, requeue: bool = False) -> bool:
         self._ticking = True
@@ -298,19 +321,21 @@ class Worker:
         """Run one claimed step task (no eager follow-up: claim order is kept)."""
         await self._run_step(task, eager=False)
 
-    def _pre_lease(self, commit: Commit, now: float) -> Commit:
-        """Lease the steps this commit schedules to this worker, up to its free slots, so
-        they run without a claim round trip (only on backends with ``supports_eager``)."""
+    def _leaser(self, now: float) -> Callable[[], tuple[int, float] | None]:
+        """Leases for the steps a commit schedules, handed to this worker up to its free
+        slots, so they run without a claim round trip (only on backends with
+        ``supports_eager``); None once the slots are used up."""
         budget = self.concurrency - self._inflight + 1
-        steps = []
-        for st in commit.steps:
-            if budget > 0:
-                budget -= 1
-                st = attrs.evolve(
-                    st, lease=secrets.randbits(62) | 1, lease_expires=now + self.step_lease_seconds
-                )
-            steps.append(st)
-        return attrs.evolve(commit, steps=tuple(steps))
+        expires = now + self.step_lease_seconds
+
+        def lease() -> tuple[int, float] | None:
+            nonlocal budget
+            if budget <= 0:
+                return None
+            budget -= 1
+            return secrets.randbits(62) | 1, expires
+
+        return lease
 
     async def _activate(self, claim: ClaimedRun, eager: bool = True) -> StepTask | None:
         eager = eager and self._eager
@@ -352,9 +377,8 @@ class Worker:
             commands,
             claim.inbox[-1].id if claim.inbox else 0,
             self.engine.new_seed,
+            self._leaser(now) if eager else None,
         )
-        if eager and commit.steps:
-            commit = self._pre_lease(commit, now)
         if not await self.backend.apply_commit(commit):
             self.stats["fenced"] += 1
             log.info("commit for run %s was fenced out (stale lease)", run.run_id)
@@ -365,6 +389,8 @@ class Worker:
         """What follows an applied commit: observers, close handling, the sticky cache, and
         the steps it leased to this worker (the first returned for this slot to run next)."""
         self.stats["activations"] += 1
+        for t in commit.timers:
+            self._note_due(t.fire_at)
         if self.engine.observers.active:
             for e in machine.new_events:
                 self.engine.observers.run_event(run.run_id, run.workflow, e)
@@ -402,9 +428,9 @@ class Worker:
             commands = machine.activate([outcome], now)
         except _BLOCKING:
             return None  # the ordinary path replays the run and blocks it
-        commit = build_commit(run, 0, now, machine.new_events, commands, 0, self.engine.new_seed)
-        if commit.steps:
-            commit = self._pre_lease(commit, now)
+        commit = build_commit(
+            run, 0, now, machine.new_events, commands, 0, self.engine.new_seed, self._leaser(now)
+        )
         backend: Any = self.backend
         if not await backend.finish_step_and_commit(
             task.run_id, task.seq, task.lease, commit, length
@@ -518,13 +544,11 @@ class Worker:
         now = self.clock.now()
         if not non_retryable and step.retry.should_retry(task.attempt, exc):
             outcome = "retrying"
+            ready_at = now + step.retry.delay(task.attempt)
             await self.backend.retry_step(
-                task.run_id,
-                task.seq,
-                task.lease,
-                task.attempt + 1,
-                now + step.retry.delay(task.attempt),
+                task.run_id, task.seq, task.lease, task.attempt + 1, ready_at
             )
+            self._note_due(ready_at)
         else:
             outcome = "failed"
             await self.backend.finish_step(

@@ -53,11 +53,15 @@ TESTS: tuple[str, ...] = (
 )
 """The names of the conformance tests, in suite order."""
 
+OPTIONAL: tuple[str, ...] = tuple(_speculation_tests)
+"""The tests of an optional extension, skipped for a backend without it (speculation)."""
+
 __all__ = [
     "pytestmark",
     "anyio_backend",
     "conformance_url",
     "conformance_backend",
     "TESTS",
+    "OPTIONAL",
     *TESTS,
 ]

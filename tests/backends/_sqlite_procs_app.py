@@ -22,6 +22,8 @@ async def work(i: int) -> int:
         f.write(f"{os.getpid()} {info.run_id}:{info.seq} attempt={info.attempt}\n")
     if MODE == "hang":
         await anyio.sleep(3600)  # killed with SIGKILL while here
+    # Long enough that one process cannot drain the batch before the other polls.
+    await anyio.sleep(0.02)
     return i * 2
 
 

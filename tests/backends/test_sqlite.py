@@ -946,20 +946,84 @@ async def test_blocked_run_requeue(backend: SqliteBackend) -> None:
 # -- threads, waiting, several backend objects ---------------------------------------------------
 
 
-@pytest.mark.anyio
-async def test_sqlite_work_runs_off_the_event_loop_thread(file_backend: SqliteBackend) -> None:
+def _spy_threads(store: Store, name: str) -> set[int]:
+    """The threads that ran ``store.<name>`` from now on."""
     threads: set[int] = set()
-    store = file_backend._store
-    original = store.write
+    original = getattr(store, name)
 
-    def spy(fn: Any, *args: Any) -> Any:
+    def spy(*args: Any) -> Any:
         threads.add(threading.get_ident())
-        return original(fn, *args)
+        return original(*args)
 
-    store.write = spy  # type: ignore[method-assign]
-    await new_run(file_backend, "r1")
-    assert await file_backend.claim_workflow_task(NOW, 30) is not None
+    setattr(store, name, spy)
+    if name in ("write", "claim"):
+        store._groupable = (store.write, store.claim)
+    return threads
+
+
+@pytest.mark.anyio
+async def test_with_inline_off_sqlite_work_runs_off_the_event_loop_thread(db_path: Path) -> None:
+    b = SqliteBackend(url_of(db_path) + "?inline=off")
+    threads = _spy_threads(b._store, "write")
+    try:
+        await new_run(b, "r1")
+        assert await b.claim_workflow_task(NOW, 30) is not None
+    finally:
+        await b.close()
     assert len(threads) == 1 and threading.get_ident() not in threads
+
+
+@pytest.mark.anyio
+async def test_short_calls_run_inline_and_scans_on_the_thread(file_backend: SqliteBackend) -> None:
+    writes = _spy_threads(file_backend._store, "write")
+    scans = _spy_threads(file_backend._store, "state")
+    await new_run(file_backend, "r1")
+    await file_backend.state(NOW)
+    assert writes == {threading.get_ident()}, "a short write went to the thread"
+    assert scans and threading.get_ident() not in scans, "a scan ran on the event loop"
+
+
+@pytest.mark.anyio
+async def test_an_inline_call_never_waits_for_another_connections_lock(
+    file_backend: SqliteBackend, db_path: Path
+) -> None:
+    await new_run(file_backend, "r0")
+    other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.sleep(0.01)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            threading.Timer(0.4, other.rollback).start()
+            t0 = time.monotonic()
+            await new_run(file_backend, "r1")  # refused inline; waits on the thread
+            waited = time.monotonic() - t0
+            tg.cancel_scope.cancel()
+    finally:
+        other.close()
+    assert waited >= 0.3, "the write did not wait for the lock"
+    assert ticks >= 10, f"the event loop was blocked while the write waited ({ticks} ticks)"
+    assert (await file_backend.get_run("r1")) is not None
+
+
+@pytest.mark.anyio
+async def test_inline_backends_checkpoint_on_their_thread(file_backend: SqliteBackend) -> None:
+    from plait.backends.sqlite import CHECKPOINT_EVERY
+
+    store = file_backend._store
+    assert store._con().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    checkpoints = _spy_threads(store, "checkpoint")
+    for i in range(CHECKPOINT_EVERY + 5):
+        await new_run(file_backend, f"r{i}")
+    await file_backend.get_run("r0")  # the thread has run the queued checkpoint by now
+    assert checkpoints and threading.get_ident() not in checkpoints
 
 
 @pytest.mark.anyio
@@ -1058,7 +1122,7 @@ async def test_claims_skip_the_database_only_when_nothing_can_be_found(
 async def test_a_locked_database_raises_backend_error(db_path: Path) -> None:
     b = SqliteBackend(url_of(db_path, "busy_timeout=50"))
     await b.open()
-    other = sqlite3.connect(db_path, isolation_level=None)
+    other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(BackendError, match="locked"):
@@ -1149,7 +1213,7 @@ def test_a_group_is_one_transaction_and_a_failing_job_rolls_back_alone(db_path: 
 
 def test_a_group_that_cannot_begin_fails_every_job_and_applies_none(db_path: Path) -> None:
     store = open_store(db_path, "busy_timeout=50")
-    other = sqlite3.connect(db_path, isolation_level=None)
+    other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
     try:
         jobs = [(store.write, (store.create_run, record(r), (), NOW)) for r in ("a", "b")]

@@ -106,7 +106,7 @@ def run_pytest(tmp_path: Path, *args: str) -> int:
 @pytest.mark.timeout(1500)
 @pytest.mark.usefixtures("jsonfile_installed")
 def test_jsonfile_passes_the_conformance_suite(tmp_path: Path) -> None:
-    from plait.testing.conformance import TESTS
+    from plait.testing.conformance import OPTIONAL, TESTS
 
     passed = run_pytest(
         tmp_path,
@@ -114,7 +114,8 @@ def test_jsonfile_passes_the_conformance_suite(tmp_path: Path) -> None:
         "plait.testing.conformance",
         "--plait-conformance=jsonfile://{tmp}/store",
     )
-    assert passed >= len(TESTS), "some conformance tests were skipped on a shared store"
+    # jsonfile implements no optional extension: those tests skip, every other one runs.
+    assert passed >= len(TESTS) - len(OPTIONAL), "some conformance tests were skipped"
 
 
 @pytest.mark.timeout(1500)
