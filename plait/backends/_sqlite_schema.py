@@ -387,7 +387,8 @@ NEXT_STEPS = (
 )
 COMMIT_RUN = (
     "SELECT id, status, fence, lease_expires, history_len, "
-    "EXISTS (SELECT 1 FROM plait_inbox WHERE run_id = ?1 AND id > ?2) "
+    "EXISTS (SELECT 1 FROM plait_inbox WHERE run_id = ?1 AND id > ?2), "
+    "(SELECT value FROM plait_counters WHERE name = 'seq') "
     "FROM plait_runs WHERE run_id = ?1"
 )
 _RECORD = (

@@ -90,6 +90,7 @@ class Store:
         self.options = options
         self.con: sqlite3.Connection | None = None
         self._order: int | None = None
+        self._loaded: int | None = None  # the counter as read, when a commit read it ahead
         self.returning = HAS_RETURNING  # UPDATE ... RETURNING (SQLite 3.35+)
         self._watch: str | None = None  # the run of the commit being applied
         self._watched = False  # whether this commit gave that run an inbox entry
@@ -113,7 +114,7 @@ class Store:
     # -- transactions --------------------------------------------------------------------------
 
     def _commit(self, con: sqlite3.Connection) -> None:
-        if self._order is not None:
+        if self._order is not None and self._order != self._loaded:
             con.execute(SAVE_SEQ, (self._order,))
         con.execute("COMMIT")
         self.commits += 1
@@ -246,9 +247,14 @@ class Store:
 
     def _next(self) -> int:
         if self._order is None:
-            self._order = self._con().execute(LOAD_SEQ).fetchone()[0]
+            self._order = self._loaded = self._con().execute(LOAD_SEQ).fetchone()[0]
         self._order += 1
         return self._order
+
+    def _preload(self, order: int) -> None:
+        """The enqueue counter, read ahead with the commit's run row (saves a statement)."""
+        if self._order is None:
+            self._order = self._loaded = order
 
     def _queue(self, run_id: str, ready_at: float) -> None:
         self._con().execute(QUEUE, (ready_at, self._next(), run_id))
@@ -433,7 +439,8 @@ class Store:
         row = self._con().execute(COMMIT_RUN, (c.run_id, c.inbox_upto)).fetchone()
         if row is None:
             return False, {}
-        rid, status, fence, lease_expires, length, more = row
+        rid, status, fence, lease_expires, length, more, order = row
+        self._preload(order)
         if c.lease is None:
             if status in CLOSED:
                 return False, {}
@@ -451,7 +458,8 @@ class Store:
         row = self._con().execute(COMMIT_RUN, (run_id, 0)).fetchone()
         if row is None or c.run_id != run_id:
             return False, {}
-        rid, status, fence, lease_expires, length, more = row
+        rid, status, fence, lease_expires, length, more, order = row
+        self._preload(order)
         if (
             status in CLOSED
             or more
