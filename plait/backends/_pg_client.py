@@ -135,9 +135,11 @@ def rec_from_dict(d: dict[str, Any]) -> RunRecord:
     )
 
 
-def commit_doc(c: Commit, own: bool = False) -> str:
+def commit_doc(c: Commit, own: bool = False, spec: tuple[int, int, int] | None = None) -> str:
     """The JSON document the server's ``commit_one`` (or, when ``own``: the commit writes to
-    its run only, ``commit_run``) applies; empty parts left out."""
+    its run only, ``commit_run``) applies; empty parts left out. ``spec``: ``(seq, lease,
+    history length)`` of a speculative activation (``spec_one``), whose commit ``c`` is as
+    applied: no lease, ``inbox_upto`` 0."""
     doc: dict[str, Any] = {
         "run_id": c.run_id,
         "lease": c.lease,
@@ -147,6 +149,8 @@ def commit_doc(c: Commit, own: bool = False) -> str:
     }
     if own:
         doc["own"] = True
+    if spec is not None:
+        doc["spec"] = list(spec)
     if c.events:
         doc["events"] = [event_to_dict(e) for e in c.events]
     if c.status is not None:

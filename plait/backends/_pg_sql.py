@@ -14,7 +14,7 @@ back and the client retries it.
 
 from __future__ import annotations
 
-__all__ = ["V1", "V2"]
+__all__ = ["V1", "V2", "V3"]
 
 # -- schema version 1 -----------------------------------------------------------------------
 # {s} is the quoted schema, {chan} the NOTIFY channel (a literal; the schema name is
@@ -1216,6 +1216,238 @@ BEGIN
         'fire_timers(float8, integer, text)', 'resume_hook(text, jsonb, float8, text)',
         'apply_commits(jsonb, text[], text)', 'state(float8)', 'commit1(jsonb, text, boolean)',
         'finish1(text, integer, bigint, jsonb, float8, float8, text, boolean)']
+    LOOP
+        EXECUTE format('ALTER FUNCTION {s}.%s SET enable_seqscan = off', f);
+        EXECUTE format('ALTER FUNCTION {s}.%s SET plan_cache_mode = force_generic_plan', f);
+    END LOOP;
+END $do$;
+"""
+
+# -- schema version 3: speculative activation -------------------------------------------------
+# No table changes. A step's finish and the activation its outcome causes applied in one
+# transaction (``finish_step_and_commit``): spec1 for one call, commit_batch2 for a batch (it is
+# commit_batch whose items may also be speculations, and which can return step queue info as
+# well). Versions 1 and 2 keep their functions, arguments and results.
+
+V3 = r"""
+-- spec: the check and the step finish of a speculative activation. Takes the run's row lock
+-- (a batch holds it already). When the run is quiet at p_now -- open, its history p_len events
+-- long, its workflow task under no live lease, its inbox empty -- and p_lease holds step
+-- (p_run, p_seq), deletes that step task. 0: refused (nothing changed); 1: deleted; 2: deleted,
+-- and the run has a workflow task queued (an expired lease's, or one not ready yet), which the
+-- commit that follows drops.
+CREATE FUNCTION {s}.spec(p_run text, p_seq integer, p_lease bigint, p_len integer,
+                         p_now float8)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_queued boolean;
+BEGIN
+    SELECT wf_ready_at IS NOT NULL INTO v_queued FROM {s}.runs
+     WHERE run_id = p_run AND NOT closed AND history_len = p_len
+       AND (lease_expires IS NULL OR lease_expires <= p_now)
+       FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    -- A new statement, so a snapshot taken under the lock: it sees every inbox row of the run
+    -- (inbox rows are inserted under that lock).
+    DELETE FROM {s}.steps
+     WHERE run_id = p_run AND seq = p_seq AND lease = p_lease
+       AND NOT EXISTS (SELECT 1 FROM {s}.inbox WHERE run_id = p_run);
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    RETURN 1 + v_queued::integer;
+END $$;
+
+-- spec_run: a speculative activation whose commit c stays within its run (as commit_run's;
+-- c's lease is null and its inbox_upto 0: the client sends it so, and schedules no step of
+-- seq p_seq in it). flags NULL when refused (nothing changed), else commit_run's, plus 'q'
+-- when a queued workflow task was dropped (spec's 2); steps_new and steps_gone as commit_run's.
+-- A commit that does not close the run takes two statements after the lock: the run is quiet,
+-- so its inbox is empty and stays so (an inbox row is inserted under the lock we hold).
+CREATE FUNCTION {s}.spec_run(c jsonb, p_seq integer, p_lease bigint, p_len integer,
+                             OUT flags text, OUT steps_new integer, OUT steps_gone integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run text := c->>'run_id';
+    v_now float8 := (c->>'now')::float8;
+    v_nev integer := coalesce(jsonb_array_length(c->'events'), 0);
+    v_queued boolean;
+    v_done boolean;
+    v_q integer;
+    v record;
+BEGIN
+    IF c->>'status' IN ('completed', 'failed', 'cancelled', 'terminated', 'continued_as_new')
+    THEN
+        -- Closing (once per run): spec, then commit_run, which drops the run's pending work.
+        v_q := {s}.spec(v_run, p_seq, p_lease, p_len, v_now);
+        IF v_q > 0 THEN
+            v := {s}.commit_run(c);
+            flags := v.flags || CASE WHEN v_q = 2 THEN 'q' ELSE '' END;
+            steps_new := v.steps_new;
+            steps_gone := v.steps_gone;
+        END IF;
+        RETURN;
+    END IF;
+    SELECT wf_ready_at IS NOT NULL INTO v_queued FROM {s}.runs
+     WHERE run_id = v_run AND NOT closed AND history_len = p_len
+       AND (lease_expires IS NULL OR lease_expires <= v_now)
+       FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    -- Under the lock (a new snapshot): the step finished if held and the inbox empty, and only
+    -- then the commit applied as commit_run applies it with no lease (fence bumped, lease and
+    -- queued task dropped; no inbox to consume, nothing to requeue).
+    WITH d AS (
+        DELETE FROM {s}.steps
+         WHERE run_id = v_run AND seq = p_seq AND lease = p_lease
+           AND NOT EXISTS (SELECT 1 FROM {s}.inbox WHERE run_id = v_run)
+        RETURNING 1
+    ), u AS (
+        UPDATE {s}.runs SET
+            fence = fence + 1,
+            status = coalesce(c->>'status', status),
+            result = coalesce(nullif(c->'result', 'null'), result),
+            error = coalesce(nullif(c->'error', 'null'), error),
+            continued_to = coalesce(c->>'continued_to', continued_to),
+            block_reason = c->>'block_reason',
+            history_len = history_len + v_nev,
+            lease_expires = NULL,
+            wf_ready_at = NULL,
+            wf_order = NULL
+         WHERE run_id = v_run AND EXISTS (SELECT 1 FROM d)
+        RETURNING history_len - v_nev AS base
+    ), h AS (
+        INSERT INTO {s}.history (run_id, pos, event)
+        SELECT v_run, u.base + o - 1, e
+          FROM u, jsonb_array_elements(c->'events') WITH ORDINALITY AS t(e, o)
+    ), st AS (
+        INSERT INTO {s}.steps AS s (run_id, seq, name, args, attempt, ready_at, lease,
+                                    lease_expires, ord)
+        SELECT j->>0, (j->>1)::integer, j->>2, j->3, (j->>4)::integer, (j->>5)::float8,
+               coalesce((j->>6)::bigint, 0), (j->>7)::float8, nextval('{s}.task_order')
+          FROM u, jsonb_array_elements(c->'steps') WITH ORDINALITY AS t(j, o)
+        ON CONFLICT (run_id, seq) DO UPDATE SET
+            name = excluded.name, args = excluded.args, attempt = excluded.attempt,
+            ready_at = excluded.ready_at, lease = excluded.lease,
+            lease_expires = excluded.lease_expires, ord = excluded.ord
+        RETURNING s.xmax = 0 AS fresh
+    )
+    SELECT EXISTS (SELECT 1 FROM u), (SELECT count(*) FILTER (WHERE fresh) FROM st)
+      INTO v_done, steps_new;
+    IF NOT v_done THEN
+        steps_new := NULL;
+        RETURN;
+    END IF;
+    steps_gone := 0;
+    flags := CASE WHEN c ? 'steps' THEN 's' ELSE '' END || CASE WHEN v_queued THEN 'q' ELSE '' END;
+END $$;
+
+-- spec_one: a speculative activation in a batch, c a commit doc with "spec": [seq, lease,
+-- history length]: spec_run if c has "own", else spec and then commit_one (flags as there,
+-- plus 'q' as spec_run's; steps_new and steps_gone NULL).
+CREATE FUNCTION {s}.spec_one(c jsonb, OUT flags text, OUT steps_new integer,
+                             OUT steps_gone integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_q integer;
+    v record;
+BEGIN
+    IF c ? 'own' THEN
+        v := {s}.spec_run(c, (c#>>'{{spec,0}}')::integer, (c#>>'{{spec,1}}')::bigint,
+                          (c#>>'{{spec,2}}')::integer);
+        flags := v.flags;
+        steps_new := v.steps_new;
+        steps_gone := v.steps_gone;
+        RETURN;
+    END IF;
+    v_q := {s}.spec(c->>'run_id', (c#>>'{{spec,0}}')::integer, (c#>>'{{spec,1}}')::bigint,
+                    (c#>>'{{spec,2}}')::integer, (c->>'now')::float8);
+    IF v_q > 0 THEN
+        flags := {s}.commit_one(c) || CASE WHEN v_q = 2 THEN 'q' ELSE '' END;
+    END IF;
+END $$;
+
+-- spec1: spec_run with typed arguments, the wake-up as commit1's, and if asked wf_info
+-- (p_winfo) and step_info (p_sinfo) at the commit's time, as info [wf_info, step_info].
+CREATE FUNCTION {s}.spec1(c jsonb, p_seq integer, p_lease bigint, p_len integer,
+                          p_origin text, p_winfo boolean, p_sinfo boolean,
+                          OUT flags text, OUT info jsonb, OUT steps_new integer,
+                          OUT steps_gone integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now float8 := (c->>'now')::float8;
+    v record;
+BEGIN
+    v := {s}.spec_run(c, p_seq, p_lease, p_len);
+    flags := v.flags;
+    steps_new := v.steps_new;
+    steps_gone := v.steps_gone;
+    IF flags IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock_shared({lock});
+        PERFORM pg_notify('{chan}', 'r' || replace(flags, 'q', '') || ':' || p_origin)
+           FROM {s}.listeners WHERE origin <> p_origin LIMIT 1;
+    END IF;
+    IF p_winfo OR p_sinfo THEN
+        info := jsonb_build_array(CASE WHEN p_winfo THEN {s}.wf_info(v_now) END,
+                                  CASE WHEN p_sinfo THEN {s}.step_info(v_now) END);
+    END IF;
+END $$;
+
+-- commit_batch2: commit_batch whose docs may be speculations (a doc with "spec", applied by
+-- spec_one). Returns [[null (fenced out or refused) or [flags, steps_new, steps_gone]...],
+-- wf_info if p_winfo, step_info if p_sinfo], both at the latest commit time.
+CREATE FUNCTION {s}.commit_batch2(p_docs jsonb, p_lock text[], p_origin text,
+                                  p_winfo boolean, p_sinfo boolean)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    c jsonb;
+    v record;
+    v_f text;
+    v_new integer;
+    v_gone integer;
+    v_out jsonb := '[]';
+    v_flags text := 'r';
+    v_now float8;
+BEGIN
+    PERFORM 1 FROM {s}.runs WHERE run_id = ANY(p_lock) ORDER BY run_id FOR NO KEY UPDATE;
+    FOR c IN SELECT e FROM jsonb_array_elements(p_docs) WITH ORDINALITY AS t(e, o) ORDER BY o
+    LOOP
+        v_now := greatest(v_now, (c->>'now')::float8);
+        IF c ? 'spec' THEN
+            v := {s}.spec_one(c);
+            v_f := v.flags;
+            v_new := v.steps_new;
+            v_gone := v.steps_gone;
+        ELSIF c ? 'own' THEN
+            v := {s}.commit_run(c);
+            v_f := v.flags;
+            v_new := v.steps_new;
+            v_gone := v.steps_gone;
+        ELSE
+            v_f := {s}.commit_one(c);
+            v_new := NULL;
+            v_gone := NULL;
+        END IF;
+        v_out := v_out || CASE WHEN v_f IS NULL THEN 'null'::jsonb
+                               ELSE jsonb_build_array(jsonb_build_array(v_f, v_new, v_gone))
+                          END;
+        v_flags := v_flags || replace(coalesce(v_f, ''), 'q', '');
+    END LOOP;
+    PERFORM {s}.wake(v_flags, p_origin);
+    RETURN jsonb_build_array(v_out, CASE WHEN p_winfo THEN {s}.wf_info(v_now) END,
+                             CASE WHEN p_sinfo THEN {s}.step_info(v_now) END);
+END $$;
+
+DO $do$
+DECLARE
+    f text;
+BEGIN
+    FOREACH f IN ARRAY ARRAY[
+        'spec1(jsonb, integer, bigint, integer, text, boolean, boolean)',
+        'commit_batch2(jsonb, text[], text, boolean, boolean)']
     LOOP
         EXECUTE format('ALTER FUNCTION {s}.%s SET enable_seqscan = off', f);
         EXECUTE format('ALTER FUNCTION {s}.%s SET plan_cache_mode = force_generic_plan', f);

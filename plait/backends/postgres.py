@@ -9,9 +9,11 @@ Each protocol call is one round trip: one statement or one call of a server-side
 function (``_pg_sql``), so one transaction. Concurrent calls of the hot kinds (commits, step
 results, claims) travel together: while one is in flight the next ones queue and then go in
 one round trip and one transaction (group commit, ``_pg_client.Batcher``); a call that goes
-alone takes a fast path (``commit1``, ``finish1``). Semantics follow ``MemoryBackend`` operation
-by operation, including the optional eager dispatch (``supports_eager``): steps committed
-pre-leased, and ``finish_step_and_claim``.
+alone takes a fast path (``commit1``, ``finish1``, ``spec1``). Semantics follow ``MemoryBackend``
+operation by operation, including the optional eager dispatch (``supports_eager``): steps
+committed pre-leased, and ``finish_step_and_claim``; and the optional speculative activation
+(``supports_speculation``): ``finish_step_and_commit`` finishes a step and applies the commit of
+the activation it causes in one transaction, travelling with the commits (group commit).
 
 Wake-ups: a write that creates ready work sends ``NOTIFY <schema>_work`` (payload: what changed
 -- ``w`` workflow tasks, ``s`` steps, ``t`` timers, ``r`` a run record -- and the writer's
@@ -93,6 +95,7 @@ class PostgresBackend(PgConnections):
     """``postgresql://`` / ``postgres://``: see the module docstring."""
 
     supports_eager = True
+    supports_speculation = True
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -109,7 +112,7 @@ class PostgresBackend(PgConnections):
         self._fresh: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._childless: OrderedDict[str, tuple[int, float]] = OrderedDict()
         # group commit
-        self._commits: Batcher[Commit, bool] = Batcher(self._flush_commits, 50, self._cut)
+        self._commits: Batcher[Commit | _Spec, bool] = Batcher(self._flush_commits, 50, self._cut)
         self._finishes: Batcher[_Finish, tuple[bool, ClaimedRun | None]] = Batcher(
             self._flush_finishes, _BATCH, self._cut
         )
@@ -147,9 +150,11 @@ class PostgresBackend(PgConnections):
             "claim_wfs": f"SELECT {s}.claim_wfs2(%s::float8, %s::float8, %s::int4, %s)::text",
             "renew": f"UPDATE {s}.runs SET lease_expires = %s::float8 WHERE run_id = %s"
             " AND fence = %s::int8 AND lease_expires IS NOT NULL",
-            "commit_batch": f"SELECT {s}.commit_batch(%s::jsonb, %s::text[], %s, %s)::text",
+            "commit_batch2": f"SELECT {s}.commit_batch2(%s::jsonb, %s::text[], %s, %s, %s)::text",
             "commit1": f"SELECT flags, info::text, steps_new, steps_gone FROM {s}.commit1("
             "%s::jsonb, %s, %s)",
+            "spec1": f"SELECT flags, info::text, steps_new, steps_gone FROM {s}.spec1("
+            "%s::jsonb, %s::int4, %s::int8, %s::int4, %s, %s, %s)",
             "requeue": f"SELECT {s}.requeue(%s, %s::float8, %s)",
             "claim_steps": f"SELECT {s}.claim_steps(%s::float8, %s::int4, %s::float8)",
             "heartbeat": f"UPDATE {s}.steps SET lease_expires = %s::float8 WHERE run_id = %s"
@@ -482,31 +487,66 @@ class PostgresBackend(PgConnections):
         self._waker.unwatch()
         return await self._commits(commit)
 
-    async def _flush_commits(self, commits: list[Commit]) -> list[bool]:
+    async def finish_step_and_commit(
+        self, run_id: str, seq: int, lease: int, commit: Commit, history_length: int
+    ) -> bool:
+        self._waker.unwatch()
+        if commit.run_id != run_id:
+            return False
+        applied = attrs.evolve(commit, lease=None, inbox_upto=0)
+        return await self._commits(_Spec(applied, seq, lease, history_length))
+
+    async def _flush_commits(self, items: list[Commit | _Spec]) -> list[bool]:
         # The server's answer tells how each commit changed the queues, so what we knew of
-        # them is carried over (see ``_carry``) rather than asked for again.
+        # them is carried over (see ``_carry``) rather than asked for again. A speculation
+        # (``_Spec``) is a commit that also finished a leased step.
+        specs = [it if isinstance(it, _Spec) else None for it in items]
+        commits = [it.commit if isinstance(it, _Spec) else it for it in items]
         lo, hi = min(c.now for c in commits), max(c.now for c in commits)
         w0 = self._trusted("w", lo) and self._trusted("w", hi)
         s0 = self._trusted("s", lo) and self._trusted("s", hi)
         (wseen, epoch), wgen, sgen = self._snapshot("w"), self._gen["w"], self._gen["s"]
+        sseen = self._seen["s"]
         # A batch means concurrent calls, which may leave nothing to carry over: always ask.
-        ask = w0 is None or len(commits) > 1
+        ask = w0 is None or len(items) > 1
+        sask = any(specs) and (s0 is None or len(items) > 1)
+        sinfo = None
+        own = [
+            _within_run(c) and (sp is None or sp.own) for c, sp in zip(commits, specs, strict=True)
+        ]
         try:
-            if len(commits) == 1 and _within_run(commits[0]):
-                flags, info, new, gone = await self._run(
-                    "commit1", (commit_doc(commits[0]), self._origin, ask), safe=False
-                )
+            if len(items) == 1 and own[0]:
+                sp = specs[0]
+                if sp is None:
+                    flags, info, new, gone = await self._run(
+                        "commit1", (commit_doc(commits[0]), self._origin, ask), safe=False
+                    )
+                    info = _loads(info)
+                else:
+                    flags, infos, new, gone = await self._run(
+                        "spec1",
+                        (commit_doc(sp.commit), sp.seq, sp.lease, sp.length)
+                        + (self._origin, ask, sask),
+                        safe=False,
+                    )
+                    info, sinfo = _loads(infos) or (None, None)
                 results = [None if flags is None else [flags, new, gone]]
-                info = _loads(info)
             else:
                 locks: set[str] = set()
                 for c in commits:
                     commit_locks(c, locks)
-                docs = "[" + ",".join(commit_doc(c, _within_run(c)) for c in commits) + "]"
-                row = await self._run(
-                    "commit_batch", (docs, sorted(locks), self._origin, ask), safe=False
+                docs = (
+                    "["
+                    + ",".join(
+                        commit_doc(c, o, None if sp is None else sp.key)
+                        for c, sp, o in zip(commits, specs, own, strict=True)
+                    )
+                    + "]"
                 )
-                results, info = json.loads(row[0])
+                row = await self._run(
+                    "commit_batch2", (docs, sorted(locks), self._origin, ask, sask), safe=False
+                )
+                results, info, sinfo = json.loads(row[0])
         except BaseException:
             self._commit_failed(commits)
             raise
@@ -514,9 +554,10 @@ class PostgresBackend(PgConnections):
         wake = False
         w_carry, w_delta = True, 0
         s_touched, s_carry, s_delta, s_due = False, True, 0, _INF
-        for c, r in zip(commits, results, strict=True):
+        for c, sp, r in zip(commits, specs, results, strict=True):
             if r is None:
-                out.append(False)  # fenced out: nothing of it applied; the lease is lost
+                # fenced out (the lease is lost), or a speculation refused: nothing applied
+                out.append(False)
                 self._fresh.pop(c.run_id, None)
                 self._childless.pop(c.run_id, None)
                 continue
@@ -527,14 +568,22 @@ class PostgresBackend(PgConnections):
             if "t" in flags:
                 self._invalidate("t")
             # Its workflow task: the lease we held (so counted) released; "w": a workflow
-            # task queued (its own or another run's), claimable.
-            if "w" in flags or c.lease is None:
+            # task queued (its own or another run's), claimable. A speculation held no lease
+            # and found the run's task not leased; "q": it was queued, and is dropped.
+            if sp is not None:
+                if "w" in flags or "q" in flags:
+                    w_carry = False
+            elif "w" in flags or c.lease is None:
                 w_carry = False
             else:
                 w_delta -= 1
             # Its steps: new rows, all leased to us (eager dispatch), claimable when that
             # lease (or a later ready time) passes. Anything else (an unleased step, a
-            # replaced or dropped row, a commit of the general path) and we ask again.
+            # replaced or dropped row, a commit of the general path) and we ask again. A
+            # speculation also deleted the leased step it finished.
+            if sp is not None:
+                s_touched = True
+                s_delta -= 1
             closing = c.status in CLOSED_STATUSES
             if c.steps or gone or (new is None and (closing or "s" in flags)):
                 s_touched = True
@@ -551,8 +600,14 @@ class PostgresBackend(PgConnections):
                 self._absorb("w", wseen, epoch, hi, info, write=True)
             else:
                 self._invalidate("w")
-        if s_touched and not (s_carry and self._carry("s", s0, sgen, s_delta, s_due)):
-            self._invalidate("s")
+        if s_touched:
+            if not (s_carry and self._carry("s", s0, sgen, s_delta, s_due)):
+                if sask:
+                    self._absorb("s", sseen, epoch, hi, sinfo, write=True)
+                else:
+                    self._invalidate("s")
+        elif sask:
+            self._absorb("s", sseen, epoch, hi, sinfo)
         if wake:
             self._waker.notify()
         return out
@@ -848,6 +903,29 @@ class _Finish:
     outcome: Event
     now: float
     claim: float | None
+
+
+@attrs.frozen
+class _Spec:
+    """A speculative activation (``finish_step_and_commit``): step ``seq`` held with ``lease``
+    finished and ``commit`` (as applied: no lease, ``inbox_upto`` 0) applied, if the run's
+    history is ``length`` events long and the run is quiet."""
+
+    commit: Commit
+    seq: int
+    lease: int
+    length: int
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return self.seq, self.lease, self.length
+
+    @property
+    def own(self) -> bool:
+        """Whether the server's ``spec_run`` may apply it, if its commit stays within its run:
+        ``spec_run`` deletes the finished step's row and inserts the commit's steps in one
+        statement, so the commit must not schedule a step of the same seq."""
+        return all(st.seq != self.seq for st in self.commit.steps)
 
 
 def _bounded_put(d: OrderedDict[str, Any], key: str, value: Any, size: int = _RECORDS) -> None:

@@ -1,7 +1,8 @@
 """The postgres backend: URL forms and options, schema creation and refusal, the missing extra,
 the protocol's guarantees under concurrency (fencing, key and hook uniqueness, SKIP LOCKED
-claimers), LISTEN/NOTIFY wake-ups, several worker processes on one database, a server restart
-in the middle of a batch, and the query rate of an idle worker.
+claimers), eager dispatch and speculative activation (one round trip, batching, what the backend
+remembers), schema migrations, LISTEN/NOTIFY wake-ups, several worker processes on one database,
+a server restart in the middle of a batch, and the query rate of an idle worker.
 
 Needs a PostgreSQL server (``plait.testing.servers``): skipped without one unless
 ``PLAIT_REQUIRE_BACKENDS`` names postgres.
@@ -24,6 +25,7 @@ import plait
 from plait.backends import _pg_schema
 from plait.backends.base import BackendError, Commit, Delivery, HookReg, SchemaError, StepTask
 from plait.kernel import events as ev
+from plait.kernel.codec import event_from_dict
 from plait.kernel.status import RunStatus
 from plait.plugins.manager import backend_from_url
 from plait.testing._conformance_support import (
@@ -593,6 +595,211 @@ async def test_finish_step_and_claim_wakes_another_backend_like_finish_step(url:
         assert await b.claim_workflow_task(T0 + 2, LEASE) is None
         st = await b.state(T0 + 2)
         assert (st.ready_workflow_tasks, st.leased_workflow_tasks) == (0, 1)
+
+
+# -- speculative activation ----------------------------------------------------------------------
+
+
+def _spec_commit(run_id: str, now: float, seq: int = 1, **fields: Any) -> Commit:
+    """The activation step ``seq``'s result causes, as a worker sends it speculatively."""
+    fields.setdefault("events", (ev.StepCompleted(seq, seq, 1), ev.Activated(now)))
+    fields.setdefault("status", RunStatus.RUNNING)
+    return Commit(run_id=run_id, lease=0, now=now, **fields)
+
+
+def _counting(b: PostgresBackend) -> list[str]:
+    """The names of the statements ``b`` sends from now on (one per round trip)."""
+    calls: list[str] = []
+    run = b._run
+
+    async def counting(name: str, *args: Any, **kw: Any) -> Any:
+        calls.append(name)
+        return await run(name, *args, **kw)
+
+    b._run = counting  # type: ignore[method-assign]
+    return calls
+
+
+def _rows(url: str, run_id: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of ``run_id`` in every table, to compare before and after a refused call."""
+    s = _schema(url)
+    q = {
+        "runs": f'SELECT * FROM "{s}".runs WHERE run_id = %s',
+        "steps": f'SELECT * FROM "{s}".steps WHERE run_id = %s ORDER BY seq',
+        "history": f'SELECT * FROM "{s}".history WHERE run_id = %s ORDER BY pos',
+        "inbox": f'SELECT * FROM "{s}".inbox WHERE run_id = %s ORDER BY id',
+    }
+    return {k: _sql(url, sql, (run_id,)) for k, sql in q.items()}
+
+
+async def test_finish_step_and_commit_is_one_round_trip(url: str) -> None:
+    async with _Opened(url) as (b,):
+        assert b.supports_speculation and b.supports_eager
+        run_id, first = await _with_pre_leased(b, 1)
+        calls = _counting(b)
+        c = _spec_commit(run_id, T0 + 1, steps=(_pre(run_id, 2, T0 + 1),))
+        assert await b.finish_step_and_commit(run_id, 1, TOKEN + 1, c, 0)
+        done = _spec_commit(run_id, T0 + 2, 2, status=RunStatus.COMPLETED, result=3)
+        assert await b.finish_step_and_commit(run_id, 2, TOKEN + 2, done, 2)
+        assert calls == ["spec1", "spec1"]
+        rows = _sql(
+            url,
+            f'SELECT fence, history_len, status, lease_expires, wf_ready_at FROM "{_schema(url)}"'
+            ".runs WHERE run_id = %s",
+            (run_id,),
+        )
+        assert rows == [(first.lease + 2, 4, "completed", None, None)]
+        assert await b.read_history(run_id) == [*c.events, *done.events]
+        assert _rows(url, run_id)["steps"] == [] and _rows(url, run_id)["inbox"] == []
+
+
+async def test_a_refused_speculation_leaves_every_row_as_it_was(url: str) -> None:
+    async with _Opened(url, 2) as (a, b):
+
+        async def refused(run_id: str, lease: int, length: int, now: float) -> None:
+            before = _rows(url, run_id)
+            c = _spec_commit(run_id, now, steps=(_pre(run_id, 2, now),))
+            assert not await a.finish_step_and_commit(run_id, 1, lease, c, length)
+            assert _rows(url, run_id) == before
+
+        run_id, _ = await _with_pre_leased(a, 1)
+        await refused(run_id, TOKEN + 1, 1, T0 + 1)  # its history is not 1 event long
+        await refused(run_id, TOKEN + 2, 0, T0 + 1)  # not the step's lease
+        assert await b.requeue_workflow_task(run_id, T0 + 1)
+        await claim_run(b, run_id, T0 + 1)
+        await refused(run_id, TOKEN + 1, 0, T0 + 2)  # its workflow task is leased
+        await refused(run_id, TOKEN + 1, 0, T0 + 1 + LEASE - 0.5)  # ... until the lease ends
+        run_id, _ = await _with_pre_leased(a, 1)
+        assert await b.append_inbox(run_id, [ev.SignalReceived("x")], T0 + 1)
+        await refused(run_id, TOKEN + 1, 0, T0 + 2)  # its inbox holds an event
+        assert await b.finish_step(run_id, 1, TOKEN + 1, ev.StepCompleted(1, 1, 1), T0 + 2)
+        await refused(run_id, TOKEN + 1, 0, T0 + 2)  # the step is finished already
+
+
+async def test_concurrent_speculations_are_batched_and_each_stands_alone(url: str) -> None:
+    async with _Opened(url) as (b,):
+        runs = [(await _with_pre_leased(b, 1))[0] for _ in range(8)]
+        target = await create(b)  # receives a delivery from one speculation
+        now = T0 + 1
+        # run 0 is refused (wrong history length); run 1 delivers elsewhere (the general
+        # path); run 2 closes; run 3 schedules a step of seq 1 again; the others go on.
+        specs: dict[str, tuple[Commit, int]] = {}
+        for i, run_id in enumerate(runs):
+            fields: dict[str, Any] = {"steps": (_pre(run_id, 2, now),)}
+            if i == 1:
+                fields["deliveries"] = (Delivery(target.run_id, ev.SignalReceived(run_id)),)
+            elif i == 2:
+                fields = {"status": RunStatus.COMPLETED, "result": i}
+            elif i == 3:
+                fields["steps"] = (_pre(run_id, 1, now, TOKEN + 10),)
+            specs[run_id] = (_spec_commit(run_id, now, **fields), 5 if i == 0 else 0)
+        calls = _counting(b)
+        got: dict[str, bool] = {}
+
+        async def speculate(run_id: str) -> None:
+            c, length = specs[run_id]
+            got[run_id] = await b.finish_step_and_commit(run_id, 1, TOKEN + 1, c, length)
+
+        async with anyio.create_task_group() as tg:
+            for run_id in runs:
+                tg.start_soon(speculate, run_id)
+        assert "commit_batch2" in calls and len(calls) < len(runs), calls
+        assert got == {r: i != 0 for i, r in enumerate(runs)}
+        s = _schema(url)
+        for i, run_id in enumerate(runs):
+            history = await b.read_history(run_id)
+            steps = _sql(
+                url, f'SELECT seq, lease FROM "{s}".steps WHERE run_id = %s ORDER BY 1', (run_id,)
+            )
+            if i == 0:
+                assert history == [] and steps == [(1, TOKEN + 1)]
+                continue
+            assert history == list(specs[run_id][0].events)
+            if i == 2:
+                rec = await b.get_run(run_id)
+                assert rec is not None and rec.status is RunStatus.COMPLETED and rec.result == 2
+                assert steps == []
+            elif i == 3:
+                assert steps == [(1, TOKEN + 11)]  # the row deleted, then scheduled anew
+            else:
+                assert steps == [(2, TOKEN + 2)]
+        last = _rows(url, target.run_id)["inbox"][-1]
+        assert event_from_dict(last[2]) == ev.SignalReceived(runs[1])
+
+
+async def test_what_the_backend_remembers_after_speculations_matches_the_server(
+    url: str,
+) -> None:
+    """Speculations change both queues (a leased step finished, steps added, a run's queued
+    workflow task dropped): what the backend carries over agrees with the server."""
+    far = T0 + 500  # the steps' leases outlast the queued task's ready time
+
+    def leased(run_id: str, seq: int) -> StepTask:
+        return StepTask(run_id, seq, "s", [seq], 1, T0, TOKEN + seq, far)
+
+    async with _Opened(url) as (a,):
+        runs = []
+        for _ in range(3):
+            rec = await create(a)
+            got = await claim_run(a, rec.run_id)
+            assert await a.apply_commit(commit(got, steps=(leased(rec.run_id, 1),)))
+            runs.append(rec.run_id)
+        plain, queued, closing = runs
+        # queued: a workflow task waits for T0 + 100, its inbox empty, no lease
+        assert await a.requeue_workflow_task(queued, T0 + 100)
+        assert await a.claim_workflow_task(T0 + 1, LEASE) is None  # learns "empty until +100"
+        assert await a.fire_due_timers(T0 + 1) == 0
+        assert await a.claim_step_tasks(T0 + 1, 10, LEASE) == []
+        c = _spec_commit(plain, T0 + 1, steps=(leased(plain, 2),))
+        assert await a.finish_step_and_commit(plain, 1, TOKEN + 1, c, 0)
+        c = _spec_commit(queued, T0 + 2, block_reason="waiting")
+        assert await a.finish_step_and_commit(queued, 1, TOKEN + 1, c, 0)
+        c = _spec_commit(closing, T0 + 3, status=RunStatus.FAILED)
+        assert await a.finish_step_and_commit(closing, 1, TOKEN + 1, c, 0)
+        for now in (T0 + 3, T0 + 50, T0 + 101, far + 1):
+            async with _Opened(url) as (fresh,):
+                mine, theirs = await a.state(now), await fresh.state(now)
+                assert mine == theirs, now
+        assert mine.leased_steps == 0 and mine.ready_steps == 1  # plain's step 2, expired
+
+
+async def test_a_worker_speculates_on_postgres(url: str) -> None:
+    async with plait.Engine(url) as engine:
+        async with engine.worker(wf.WORKFLOWS, wf.STEPS, poll_interval=0.2) as w:
+            handles = [await engine.start(wf.chain, 4) for _ in range(3)]
+            with anyio.fail_after(30):
+                assert [await h.result() for h in handles] == [4, 4, 4]
+            stats = dict(w.stats)
+    # each step but the first of a run's was reached without a claim, its finish carrying the
+    # activation: the first activation is the claim's, then one speculation per step
+    assert stats["speculations"] == 12 and stats["speculations_refused"] == 0, stats
+    assert stats["activations"] == 15, stats
+
+
+async def test_a_version_2_store_is_migrated_and_speculates(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store of schema version 2 (eager dispatch, no speculation) with a step in flight is
+    migrated forward on open; that step then finishes speculatively."""
+    s = _schema(url)
+    monkeypatch.setattr(_pg_schema, "MIGRATIONS", _pg_schema.MIGRATIONS[:2])
+    monkeypatch.setattr(_pg_schema, "SCHEMA_VERSION", 2)
+    async with _Opened(url) as (old,):
+        run_id, first = await _with_pre_leased(old, 1)
+    monkeypatch.undo()
+    assert _sql(url, f'SELECT max(version) FROM "{s}".schema_version') == [(2,)]
+    spec = f'"{s}".spec1(jsonb, integer, bigint, integer, text, boolean, boolean)'
+    assert _sql(url, "SELECT to_regprocedure(%s) IS NULL", (spec,)) == [(True,)]
+    async with _Opened(url) as (b,):
+        versions = _sql(url, f'SELECT version FROM "{s}".schema_version ORDER BY 1')
+        assert versions == [(v,) for v, _ in _pg_schema.MIGRATIONS] == [(1,), (2,), (3,)]
+        assert _sql(url, "SELECT to_regprocedure(%s) IS NULL", (spec,)) == [(False,)]
+        c = _spec_commit(run_id, T0 + 1, status=RunStatus.COMPLETED, result="done")
+        assert await b.finish_step_and_commit(run_id, 1, TOKEN + 1, c, 0)
+        rec = await b.get_run(run_id)
+        assert rec is not None and rec.status is RunStatus.COMPLETED and rec.result == "done"
+        fence = _sql(url, f'SELECT fence FROM "{s}".runs WHERE run_id = %s', (run_id,))
+        assert fence == [(first.lease + 1,)]
 
 
 async def test_a_version_1_store_is_migrated(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
