@@ -7,8 +7,9 @@ Times are sent as ``repr(float)`` strings so Redis parses them exactly.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Sequence
+import json.encoder
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -23,8 +24,9 @@ from .base import BackendError, Commit, Delivery, InboxEntry, RunRecord
 __all__ = [
     "RedisOptions",
     "parse_url",
-    "commit_json",
+    "commit_args",
     "commit_kinds",
+    "speculative_flags",
     "closing",
     "new_run",
     "record",
@@ -106,8 +108,33 @@ def parse_url(url: str) -> RedisOptions:
 # -- encoding --------------------------------------------------------------------------------
 
 
-def dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+def _compact_encoder() -> Callable[[Any], str]:
+    """Compact JSON, exactly as ``json.dumps(data, separators=(",", ":"), ensure_ascii=False,
+    allow_nan=False)`` writes it, from one reusable C encoder where the stdlib has one:
+    ``json.dumps`` builds a new encoder per call, which costs more than encoding an event."""
+    plain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return plain
+
+    def default(o: Any) -> Any:
+        raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+    try:
+        c = make(None, default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+        probe = {"a": [1, 2.5, "é\n", None, True, {"b": -0.0}]}
+        if "".join(c(probe, 0)) != plain(probe):
+            return plain
+    except Exception:
+        return plain
+
+    def dumps(data: Any) -> str:
+        return "".join(c(data, 0))
+
+    return dumps
+
+
+dumps = _compact_encoder()
 
 
 def ej(event: Event) -> str:
@@ -229,57 +256,83 @@ def commit_kinds(c: Commit) -> str:
     )
 
 
-def commit_json(c: Commit) -> str:
-    closes = closing(c)
+def speculative_flags(c: Commit) -> str:
+    """The queues a speculative commit may make ready for other processes (its wake-up
+    message): workflow tasks when it delivers anything, steps when it schedules some it did not
+    lease to the caller, timers when it sets some. Usually none: the step it finishes and the
+    step it schedules are both held by the caller, and no message is published."""
+    w = c.deliveries or c.new_runs or c.hooks or c.hook_resumes
+    s = any(not st.lease for st in c.steps)
+    return ("w" if w else "") + ("s" if s else "") + ("t" if c.timers else "")
+
+
+def commit_args(c: Commit, speculative: bool = False) -> list[str]:
+    """The arguments ``apply`` (``_redis_lua``) takes: the commit's head as JSON (parts that are
+    empty left out), then each event's JSON, so Lua stores them without decoding them.
+    ``speculative``: as with ``lease=None`` and ``inbox_upto=0`` (``finish_step_and_commit``
+    ignores both)."""
+    head: dict[str, Any] = {
+        "id": os.urandom(16).hex(),
+        "r": c.run_id,
+        "l": -1 if c.lease is None or speculative else c.lease,
+        "now": ts(c.now),
+    }
+    if c.inbox_upto and not speculative:
+        head["up"] = c.inbox_upto
     fields: list[Any] = []
     if c.status is not None:
         fields += ["s", c.status.value]
+        head["s"] = c.status.value
     if c.result is not None:
         fields += ["res", dumps(c.result)]
     if c.error is not None:
         fields += ["err", dumps(attrs.asdict(c.error))]
     if c.continued_to is not None:
         fields += ["ct", c.continued_to]
-    new_runs = []
-    for nr in c.new_runs:
-        item = new_run(nr.record, nr.inbox)
-        item += [_delivery(nr.on_started), _delivery(nr.on_conflict)]
-        new_runs.append(item)
-    resumes = []
-    for hr in c.hook_resumes:
-        pre, post = hook_received(hr.payload)
-        resumes.append([hr.token, pre, post, _delivery(hr.on_delivered), _delivery(hr.on_missing)])
-    return dumps(
-        {
-            "id": uuid.uuid4().hex,
-            "r": c.run_id,
-            "l": -1 if c.lease is None else c.lease,
-            "now": ts(c.now),
-            "ev": [ej(e) for e in c.events],
-            "up": c.inbox_upto,
-            "set": fields,
-            "s": c.status.value if c.status is not None else False,
-            "br": c.block_reason if c.block_reason is not None else False,
-            "cl": closes,
-            "st": [
-                [
-                    s.run_id,
-                    s.seq,
-                    dumps([s.name, s.args]),
-                    s.attempt,
-                    ts(s.ready_at),
-                    str(s.lease),  # a string: Lua numbers are doubles, leases 62-bit
-                    ts(s.lease_expires) if s.lease_expires is not None else False,
-                ]
-                for s in c.steps
-            ],
-            "tm": [[tm.run_id, tm.seq, ts(tm.fire_at)] for tm in c.timers],
-            "ct": list(c.cancel_timers),
-            "dh": list(c.dispose_hooks),
-            "hk": [[h.token, h.seq, _delivery(h.on_conflict)] for h in c.hooks],
-            "nr": new_runs,
-            "hr": resumes,
-            "dl": [_delivery(d) for d in c.deliveries],
-            "rq": c.requeue,
-        }
-    )
+    if fields:
+        head["set"] = fields
+    if c.block_reason is not None:
+        head["br"] = c.block_reason
+    if closing(c):
+        head["cl"] = True
+    if c.steps:
+        head["st"] = [
+            [
+                s.run_id,
+                s.seq,
+                dumps([s.name, s.args]),
+                s.attempt,
+                ts(s.ready_at),
+                str(s.lease),  # a string: Lua numbers are doubles, leases 62-bit
+                ts(s.lease_expires) if s.lease_expires is not None else False,
+            ]
+            for s in c.steps
+        ]
+    if c.timers:
+        head["tm"] = [[tm.run_id, tm.seq, ts(tm.fire_at)] for tm in c.timers]
+    if c.cancel_timers:
+        head["ct"] = list(c.cancel_timers)
+    if c.dispose_hooks:
+        head["dh"] = list(c.dispose_hooks)
+    if c.hooks:
+        head["hk"] = [[h.token, h.seq, _delivery(h.on_conflict)] for h in c.hooks]
+    if c.new_runs:
+        head["nr"] = [
+            [*new_run(nr.record, nr.inbox), _delivery(nr.on_started), _delivery(nr.on_conflict)]
+            for nr in c.new_runs
+        ]
+    if c.hook_resumes:
+        head["hr"] = [
+            [
+                hr.token,
+                *hook_received(hr.payload),
+                _delivery(hr.on_delivered),
+                _delivery(hr.on_missing),
+            ]
+            for hr in c.hook_resumes
+        ]
+    if c.deliveries:
+        head["dl"] = [_delivery(d) for d in c.deliveries]
+    if c.requeue:
+        head["rq"] = True
+    return [dumps(head), *[ej(e) for e in c.events]]

@@ -34,10 +34,20 @@ from typing import Any
 import anyio
 import attrs
 
-__all__ = ["Shared", "Summary", "Wakeups", "shared_for", "release", "KINDS", "MAX_AGE"]
+__all__ = [
+    "Shared",
+    "Summary",
+    "Wakeups",
+    "shared_for",
+    "release",
+    "KINDS",
+    "MAX_AGE",
+    "CLOSED_KEPT",
+]
 
 KINDS = "wst"
 MAX_AGE = 1.0
+CLOSED_KEPT = 1024
 
 
 class Wakeups:
@@ -95,11 +105,6 @@ class Summary:
     stamp: float
 
 
-def _next_due(values: Sequence[Any]) -> float | None:
-    due = [float(v) for v in values if v]
-    return min(due) if due else None
-
-
 class Shared:
     """Process-local state of one store, shared by its backend objects on one loop."""
 
@@ -111,6 +116,20 @@ class Shared:
         self.summaries: dict[str, Summary | None] = dict.fromkeys(KINDS)
         self.live = 0  # subscriptions to the wake-up channel that are up
         self.users = 0
+        # Records of runs this process closed, newest last: a closed record never changes, so
+        # a result waiter's ``get_run`` needs no trip. Forgotten on connection trouble (a
+        # restart may have lost the close).
+        self.closed: dict[str, Any] = {}
+
+    def remember_closed(self, run_id: str, record: Any) -> None:
+        self.closed[run_id] = record
+        if len(self.closed) > CLOSED_KEPT:
+            del self.closed[next(iter(self.closed))]
+
+    def distrust(self) -> None:
+        """Connection trouble: a restart may have lost writes, and messages were missed."""
+        self.closed.clear()
+        self.bump()
 
     def message(self, flags: str) -> str:
         """The wake-up message a call that changed the queues ``flags`` publishes."""
@@ -129,16 +148,19 @@ class Shared:
     ) -> None:
         """Store the summaries a call returned (``changed``: the call changed those queues)."""
         stamp = time.monotonic()
-        for k, v0, row in zip(kinds, before, rows, strict=True):
-            fresh = self.versions[k] == v0
+        versions = self.versions
+        summaries = self.summaries
+        for k, v0, (ready, leased, later, first) in zip(kinds, before, rows, strict=True):
+            fresh = versions[k] == v0
             if changed:
-                self.versions[k] += 1
+                versions[k] += 1
             if not fresh:
-                self.summaries[k] = None
+                summaries[k] = None
                 continue
-            self.summaries[k] = Summary(
-                self.versions[k], now, int(row[0]), int(row[1]), _next_due(row[2:]), stamp
-            )
+            due = float(later) if later else None
+            if first and (due is None or float(first) < due):
+                due = float(first)
+            summaries[k] = Summary(versions[k], now, ready, leased, due, stamp)
 
     def wakes_for(self, kind: str) -> bool:
         """Whether a local change to ``kind`` (just learned) must wake local waiters: its

@@ -46,6 +46,7 @@ local P = ARGV[1]
 local WAKE = ARGV[2]
 local A = {}
 for i = 5, #ARGV do A[#A + 1] = ARGV[i] end
+local EMPTY = {}
 
 local function pad(n) return string.format('%016d', n) end
 local function nxt() return redis.call('INCR', P .. 'n') end
@@ -89,9 +90,9 @@ local function deliver_d(d, now)
   if d then deliver(d[1], d[2], now) end
 end
 
-local function push_all(key, items)
+local function push_all(key, items, first)
   local n = #items
-  local i = 1
+  local i = first or 1
   while i <= n do
     local j = math.min(i + 999, n)
     redis.call('RPUSH', key, unpack(items, i, j))
@@ -147,10 +148,18 @@ end
 
 -- A step task; with a lease and its expiry (eager dispatch) it is stored already leased.
 local function add_step(rid, seq, d, attempt, ready, lease, expires)
-  remove_step(rid, seq)
-  local m = pad(nxt()) .. '|' .. seq .. '|' .. rid
   local sk = stepkey(rid, seq)
-  redis.call('SADD', P .. 'rs:' .. rid, seq)
+  -- A run's step seqs (rs) and step hashes come and go together: a seq already in the set is a
+  -- step being replaced.
+  if redis.call('SADD', P .. 'rs:' .. rid, seq) == 0 then
+    local old = redis.call('HGET', sk, 'm')
+    if old then
+      redis.call('ZREM', P .. 'stepq', old)
+      redis.call('ZREM', P .. 'steplease', old)
+    end
+    redis.call('DEL', sk)
+  end
+  local m = pad(nxt()) .. '|' .. seq .. '|' .. rid
   if lease ~= '0' and expires then
     redis.call('HSET', sk, 'd', d, 'a', attempt, 'r', ready, 'l', lease, 'm', m, 'x', expires)
     redis.call('ZADD', P .. 'steplease', expires, m)
@@ -228,13 +237,158 @@ local function drop_pending(rid, rk)
   redis.call('DEL', P .. 'inbox:' .. rid)
 end
 
+-- Apply a commit: ``c`` its decoded head (``_redis_codec.commit_args``; empty parts are left
+-- out), its events A[first], A[first + 1]... Returns 1 (the run's record if the commit closes
+-- it), or 0 with nothing changed. With ``spec`` ({step seq, step lease, history length}) it is
+-- speculative: it applies only if that step is held with that lease and the run is quiet (no
+-- live workflow lease, an empty inbox, a history of that length), and it deletes the step
+-- first.
+local function apply(c, first, spec)
+  local rid = c.r
+  local rk = runkey(rid)
+  local now = c.now
+  local cur = redis.call('HMGET', rk, 's', 'x', 'f', 'lx', 'o', 'cid', 'q', 'br')
+  -- The same commit sent again after its reply was lost: it is in already.
+  if cur[6] and cur[6] == c.id then return 1 end
+  if not cur[1] or cur[2] then return 0 end
+  local ib = P .. 'inbox:' .. rid
+  local hist = P .. 'hist:' .. rid
+  if spec then
+    local sk = stepkey(rid, spec[1])
+    local held = redis.call('HMGET', sk, 'l', 'm')
+    if held[1] ~= spec[2]
+      or (cur[4] and tonumber(cur[4]) > tonumber(now))
+      or redis.call('LLEN', ib) > 0
+      or redis.call('LLEN', hist) ~= tonumber(spec[3]) then
+      return 0
+    end
+    -- Held, so leased: in the ready set only if its lease expired and a claim moved it back.
+    if redis.call('ZREM', P .. 'steplease', held[2]) == 0 then
+      redis.call('ZREM', P .. 'stepq', held[2])
+    end
+    redis.call('DEL', sk)
+    redis.call('SREM', P .. 'rs:' .. rid, spec[1])
+  end
+  -- One HSET for the record: its changed fields, the commit id, a forced commit's new token.
+  local set = c.set or {}
+  set[#set + 1] = 'cid'
+  set[#set + 1] = c.id
+  if c.l < 0 then
+    set[#set + 1] = 'f'
+    set[#set + 1] = string.format('%d', tonumber(cur[3]) + 1)
+  elseif tonumber(cur[3]) ~= c.l or not cur[4] then
+    return 0
+  end
+  if #A >= first then push_all(hist, A, first) end
+  local up = c.up or 0
+  if up > 0 then
+    local entries = redis.call('LRANGE', ib, 0, -1)
+    local k = 0
+    for _, e in ipairs(entries) do
+      if tonumber(string.sub(e, 1, string.find(e, ' ', 1, true) - 1)) <= up then
+        k = k + 1
+      else
+        break
+      end
+    end
+    if k > 0 then redis.call('LTRIM', ib, k, -1) end
+  end
+  if c.br then
+    set[#set + 1] = 'br'
+    set[#set + 1] = c.br
+  elseif cur[8] then
+    redis.call('HDEL', rk, 'br')
+  end
+  if c.cl then
+    set[#set + 1] = 'x'
+    set[#set + 1] = 1
+    set[#set + 1] = 'ca'
+    set[#set + 1] = now
+  end
+  redis.call('HSET', rk, unpack(set))
+  if c.s and c.s ~= cur[1] then
+    redis.call('ZREM', P .. 'st:' .. cur[1], rid)
+    redis.call('ZADD', P .. 'st:' .. c.s, cur[5], rid)
+  end
+  for _, s in ipairs(c.st or EMPTY) do add_step(s[1], s[2], s[3], s[4], s[5], s[6], s[7]) end
+  for _, t in ipairs(c.tm or EMPTY) do
+    local trt = P .. 'rt:' .. t[1]
+    local old = redis.call('HGET', trt, t[2])
+    if old then redis.call('ZREM', P .. 'timers', old) end
+    local m = pad(nxt()) .. '|' .. t[2] .. '|' .. t[1]
+    redis.call('ZADD', P .. 'timers', t[3], m)
+    redis.call('HSET', trt, t[2], m)
+  end
+  for _, seq in ipairs(c.ct or EMPTY) do cancel_timer(rid, seq) end
+  -- Disposals first: a token closed and opened again in one activation moves to the new hook.
+  for _, token in ipairs(c.dh or EMPTY) do
+    local owner = redis.call('HGET', P .. 'hooks', token)
+    if owner and string.match(owner, '^%-?%d+|(.*)$') == rid then
+      redis.call('HDEL', P .. 'hooks', token)
+      redis.call('SREM', P .. 'rh:' .. rid, token)
+    end
+  end
+  for _, h in ipairs(c.hk or EMPTY) do
+    if redis.call('HSETNX', P .. 'hooks', h[1], h[2] .. '|' .. rid) == 1 then
+      redis.call('SADD', P .. 'rh:' .. rid, h[1])
+    else
+      deliver_d(h[3], now)
+    end
+  end
+  if c.cl then drop_pending(rid, rk) end
+  for _, nr in ipairs(c.nr or EMPTY) do
+    if redis.call('EXISTS', runkey(nr[1])) == 0 then
+      if nr[3] and redis.call('HEXISTS', P .. 'keys', nr[3]) == 1 then
+        deliver_d(nr[9], now)
+      else
+        insert_run(nr, now)
+        deliver_d(nr[8], now)
+      end
+    end
+  end
+  for _, hr in ipairs(c.hr or EMPTY) do
+    if resume(hr[1], hr[2], hr[3], now) then deliver_d(hr[4], now) else deliver_d(hr[5], now) end
+  end
+  for _, d in ipairs(c.dl or EMPTY) do deliver(d[1], d[2], now) end
+  -- Release the task. Only deliveries made by this commit can have queued it or filled the
+  -- inbox of a speculative one (whose inbox was empty): without them, skip the look-ups.
+  local delivered = c.hk or c.nr or c.hr or c.dl
+  if delivered or cur[4] or cur[7] or c.cl then wf_unqueue(rk) end
+  if c.rq and not c.cl and (delivered or not spec) and redis.call('LLEN', ib) > 0 then
+    wf_queue(rid, rk, now)
+  end
+  wake()
+  -- A closed record never changes again: the caller may keep it (``Shared.closed``).
+  if c.cl then return redis.call('HGETALL', rk) end
+  return 1
+end
+
 local function min_above(key, now)
   local r = redis.call('ZRANGEBYSCORE', key, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   return r[2] or false
 end
 
-local function first_score(key)
+-- The lowest score in a sorted set, or false.
+local function head(key)
   return redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2] or false
+end
+
+-- One queue at ``now``: {entries of ``ready`` due by now, entries of ``lease`` once ``unlease``
+-- moved the expired ones back, the earliest ready time after now, the earliest lease expiry}.
+-- The heads come first: usually nothing is due, and two or three calls answer.
+local function summary(ready, lease, unlease, now)
+  local t = tonumber(now)
+  local first = head(lease)
+  if first and tonumber(first) <= t then
+    unlease(now)
+    first = head(lease)
+  end
+  local n, later = 0, head(ready)
+  if later and tonumber(later) <= t then
+    n = redis.call('ZCOUNT', ready, '-inf', now)
+    later = min_above(ready, now)
+  end
+  return {n, first and redis.call('ZCARD', lease) or 0, later, first}
 end
 
 -- What is queued, as of ARGV[4], for each kind in ARGV[3] ('w' workflow tasks, 's' steps,
@@ -244,18 +398,17 @@ local function summaries()
   local out = {}
   for kind in string.gmatch(ARGV[3], '.') do
     if kind == 'w' then
-      unlease_wf(now)
-      out[#out + 1] = {redis.call('ZCOUNT', P .. 'wfq', '-inf', now),
-        redis.call('ZCARD', P .. 'wflease'), min_above(P .. 'wfq', now),
-        first_score(P .. 'wflease')}
+      out[#out + 1] = summary(P .. 'wfq', P .. 'wflease', unlease_wf, now)
     elseif kind == 's' then
-      unlease_steps(now)
-      out[#out + 1] = {redis.call('ZCOUNT', P .. 'stepq', '-inf', now),
-        redis.call('ZCARD', P .. 'steplease'), min_above(P .. 'stepq', now),
-        first_score(P .. 'steplease')}
+      out[#out + 1] = summary(P .. 'stepq', P .. 'steplease', unlease_steps, now)
     else
-      out[#out + 1] = {redis.call('ZCOUNT', P .. 'timers', '-inf', now),
-        redis.call('ZCARD', P .. 'timers'), min_above(P .. 'timers', now), false}
+      local tm = P .. 'timers'
+      local n, later = 0, head(tm)
+      if later and tonumber(later) <= tonumber(now) then
+        n = redis.call('ZCOUNT', tm, '-inf', now)
+        later = min_above(tm, now)
+      end
+      out[#out + 1] = {n, (n > 0 or later) and redis.call('ZCARD', tm) or 0, later, false}
     end
   end
   return out
@@ -337,87 +490,14 @@ wake()
 return reply(1)
 """
 
-# A: commit JSON (see redis.py _commit_json)
+# A: commit head JSON, events... (see _redis_codec.commit_args)
 APPLY_COMMIT = r"""
-local c = cjson.decode(A[1])
-local rid = c.r
-local rk = runkey(rid)
-local now = c.now
-local cur = redis.call('HMGET', rk, 's', 'x', 'f', 'lx', 'o', 'cid')
--- The same commit sent again after its reply was lost: it is in already.
-if cur[6] and cur[6] == c.id then return reply(1) end
-if not cur[1] or cur[2] then return reply(0) end
-if c.l < 0 then
-  redis.call('HINCRBY', rk, 'f', 1)
-elseif tonumber(cur[3]) ~= c.l or not cur[4] then
-  return reply(0)
-end
-if #c.ev > 0 then push_all(P .. 'hist:' .. rid, c.ev) end
-local ib = P .. 'inbox:' .. rid
-if c.up > 0 then
-  local entries = redis.call('LRANGE', ib, 0, -1)
-  local k = 0
-  for _, e in ipairs(entries) do
-    if tonumber(string.sub(e, 1, string.find(e, ' ', 1, true) - 1)) <= c.up then
-      k = k + 1
-    else
-      break
-    end
-  end
-  if k > 0 then redis.call('LTRIM', ib, k, -1) end
-end
-if #c.set > 0 then redis.call('HSET', rk, unpack(c.set)) end
-if c.s and c.s ~= cur[1] then
-  redis.call('ZREM', P .. 'st:' .. cur[1], rid)
-  redis.call('ZADD', P .. 'st:' .. c.s, cur[5], rid)
-end
-redis.call('HSET', rk, 'cid', c.id)
-if c.br then redis.call('HSET', rk, 'br', c.br) else redis.call('HDEL', rk, 'br') end
-if c.cl then redis.call('HSET', rk, 'x', 1, 'ca', now) end
-for _, s in ipairs(c.st) do add_step(s[1], s[2], s[3], s[4], s[5], s[6], s[7]) end
-for _, t in ipairs(c.tm) do
-  local trt = P .. 'rt:' .. t[1]
-  local old = redis.call('HGET', trt, t[2])
-  if old then redis.call('ZREM', P .. 'timers', old) end
-  local m = pad(nxt()) .. '|' .. t[2] .. '|' .. t[1]
-  redis.call('ZADD', P .. 'timers', t[3], m)
-  redis.call('HSET', trt, t[2], m)
-end
-for _, seq in ipairs(c.ct) do cancel_timer(rid, seq) end
--- Disposals first: a token closed and opened again in one activation moves to the new hook.
-for _, token in ipairs(c.dh) do
-  local owner = redis.call('HGET', P .. 'hooks', token)
-  if owner and string.match(owner, '^%-?%d+|(.*)$') == rid then
-    redis.call('HDEL', P .. 'hooks', token)
-    redis.call('SREM', P .. 'rh:' .. rid, token)
-  end
-end
-for _, h in ipairs(c.hk) do
-  if redis.call('HSETNX', P .. 'hooks', h[1], h[2] .. '|' .. rid) == 1 then
-    redis.call('SADD', P .. 'rh:' .. rid, h[1])
-  else
-    deliver_d(h[3], now)
-  end
-end
-if c.cl then drop_pending(rid, rk) end
-for _, nr in ipairs(c.nr) do
-  if redis.call('EXISTS', runkey(nr[1])) == 0 then
-    if nr[3] and redis.call('HEXISTS', P .. 'keys', nr[3]) == 1 then
-      deliver_d(nr[9], now)
-    else
-      insert_run(nr, now)
-      deliver_d(nr[8], now)
-    end
-  end
-end
-for _, hr in ipairs(c.hr) do
-  if resume(hr[1], hr[2], hr[3], now) then deliver_d(hr[4], now) else deliver_d(hr[5], now) end
-end
-for _, d in ipairs(c.dl) do deliver(d[1], d[2], now) end
-wf_unqueue(rk)
-if not c.cl and c.rq and redis.call('LLEN', ib) > 0 then wf_queue(rid, rk, now) end
-wake()
-return reply(1)
+return reply(apply(cjson.decode(A[1]), 2))
+"""
+
+# A: step seq, step lease, history length, commit head JSON (lease -1), events...
+FINISH_STEP_AND_COMMIT = r"""
+return reply(apply(cjson.decode(A[4]), 5, A))
 """
 
 # A: now, limit, lease expiry
@@ -514,6 +594,11 @@ redis.call('SET', req, rid, 'EX', 86400)
 return reply(rid)
 """
 
+# A: run_id (one JSON reply is far cheaper for the client to parse than HGETALL's array)
+GET_RUN = r"""
+return reply(redis.call('HGETALL', runkey(A[1])))
+"""
+
 # (no arguments: the summaries are the answer)
 STATE = r"""
 return reply(0)
@@ -539,6 +624,7 @@ _BODIES = {
     "renew_workflow": RENEW_WORKFLOW,
     "requeue_workflow": REQUEUE_WORKFLOW,
     "apply_commit": APPLY_COMMIT,
+    "finish_step_and_commit": FINISH_STEP_AND_COMMIT,
     "claim_steps": CLAIM_STEPS,
     "heartbeat_step": HEARTBEAT_STEP,
     "finish_step": FINISH_STEP,
@@ -546,6 +632,7 @@ _BODIES = {
     "retry_step": RETRY_STEP,
     "fire_timers": FIRE_TIMERS,
     "resume_hook": RESUME_HOOK,
+    "get_run": GET_RUN,
     "state": STATE,
     "schema": SCHEMA,
 }

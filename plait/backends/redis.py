@@ -85,6 +85,10 @@ class RedisBackend:
     """Round trips are what a step costs here: steps scheduled by a commit arrive pre-leased
     and ``finish_step_and_claim`` hands the run straight back (two trips per step, not four)."""
 
+    supports_speculation = True
+    """``finish_step_and_commit``: a run's only step finishes together with the activation it
+    causes, in one script (one trip per step)."""
+
     def __init__(self, url: str) -> None:
         self._redis, errors = _import_redis()
         self.url = url
@@ -202,15 +206,19 @@ class RedisBackend:
         return self._free.pop() if self._free else None
 
     async def _exec(self, *command: Any) -> Any:
-        """One command on a connection of our own free list (taken from redis-py's pool once
-        and kept): the short path, without the pool's lock and per-command bookkeeping."""
-        return (await self._pipeline([command]))[0]
+        return (await self._trip(_pack([command]), 1))[0]
 
     async def _pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        return await self._trip(_pack(commands), len(commands))
+
+    async def _trip(self, packed: bytes, n: int) -> list[Any]:
+        """Send ``n`` packed commands and read their replies, on a connection of our own free
+        list (taken from redis-py's pool once and kept): the short path, without the pool's
+        lock and per-command bookkeeping."""
         conn = self._conn() or await self._client.connection_pool.get_connection()
         try:
-            await conn.send_packed_command(_pack(commands), check_health=False)
-            replies = [await conn.read_response() for _ in commands]
+            await conn.send_packed_command(packed, check_health=False)
+            replies = [await conn.read_response() for _ in range(n)]
         except self._response_error:
             self._free.append(conn)  # a complete error reply: the connection is fine
             raise
@@ -242,7 +250,7 @@ class RedisBackend:
                 reload = True
             except self._retryable as exc:
                 if self._shared is not None:
-                    self._shared.bump()  # a restart may have lost writes: trust nothing
+                    self._shared.distrust()  # a restart may have lost writes
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.options.retry_for
@@ -267,13 +275,11 @@ class RedisBackend:
         shared = self._shared
         message = shared.message(flags) if shared is not None else ""
         before = shared.snapshot(kinds) if shared is not None else []
-
-        def send() -> Any:
-            return self._exec(
-                "EVALSHA", self._sha[name], 0, self.prefix, message, kinds, codec.ts(now), *args
-            )
-
-        result, rows = json.loads(await self._retrying(send))
+        # Packed once: a script's SHA1 is that of its text, the same after a reload.
+        packed = _pack(
+            [("EVALSHA", self._sha[name], 0, self.prefix, message, kinds, codec.ts(now), *args)]
+        )
+        result, rows = json.loads((await self._retrying(lambda: self._trip(packed, 1)))[0])
         if shared is not None and shared is self._shared:
             shared.learn(kinds, before, now, rows, changed=name != "state")
         return result, rows
@@ -314,7 +320,11 @@ class RedisBackend:
         return run_id, bool(created)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        flat = await self._read("HGETALL", f"{self.prefix}run:{run_id}")
+        if self._shared is not None:
+            closed = self._shared.closed.get(run_id)
+            if closed is not None:
+                return closed  # type: ignore[no-any-return]
+        flat = await self._call("get_run", "", "", 0.0, run_id)
         return codec.record(run_id, codec.pairs(flat)) if flat else None
 
     async def list_runs(
@@ -422,10 +432,17 @@ class RedisBackend:
 
     async def apply_commit(self, commit: Commit) -> bool:
         kinds = codec.commit_kinds(commit)
-        ok = await self._call("apply_commit", kinds, kinds, commit.now, codec.commit_json(commit))
-        if ok:
-            self._poke(kinds)
-        return bool(ok)
+        got = await self._call("apply_commit", kinds, kinds, commit.now, *codec.commit_args(commit))
+        return self._applied(commit.run_id, kinds, got)
+
+    def _applied(self, run_id: str, kinds: str, got: Any) -> bool:
+        """The answer of a commit: 0, 1, or the record of the run it closed (remembered)."""
+        if not got:
+            return False
+        if isinstance(got, list) and self._shared is not None:
+            self._shared.remember_closed(run_id, codec.record(run_id, codec.pairs(got)))
+        self._poke(kinds)
+        return True
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -490,6 +507,26 @@ class RedisBackend:
             return False, None
         self._poke("ws")
         return True, _claimed(got) if got else None
+
+    async def finish_step_and_commit(
+        self, run_id: str, seq: int, lease: int, commit: Commit, history_length: int
+    ) -> bool:
+        if commit.run_id != run_id:
+            return False
+        kinds = codec.commit_kinds(commit)
+        if "s" not in kinds:  # the finished step leaves the step queue
+            kinds = "ws" + kinds[1:]
+        got = await self._call(
+            "finish_step_and_commit",
+            codec.speculative_flags(commit),
+            kinds,
+            commit.now,
+            seq,
+            str(lease),
+            history_length,
+            *codec.commit_args(commit, speculative=True),
+        )
+        return self._applied(run_id, kinds, got)
 
     async def retry_step(
         self, run_id: str, seq: int, lease: int, attempt: int, ready_at: float
@@ -598,15 +635,13 @@ class RedisBackend:
 
 def _pack(commands: Sequence[Sequence[Any]]) -> bytes:
     """RESP-encode commands (str, int and float arguments)."""
-    out = bytearray()
+    parts = []
     for command in commands:
-        out += b"*%d\r\n" % len(command)
+        parts.append(f"*{len(command)}\r\n")
         for arg in command:
-            data = arg.encode() if isinstance(arg, str) else str(arg).encode()
-            out += b"$%d\r\n" % len(data)
-            out += data
-            out += b"\r\n"
-    return bytes(out)
+            text = arg if type(arg) is str else str(arg)
+            parts.append(f"${len(text) if text.isascii() else len(text.encode())}\r\n{text}\r\n")
+    return "".join(parts).encode()
 
 
 def _claimed(got: Sequence[Any]) -> ClaimedRun:

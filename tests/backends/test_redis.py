@@ -233,9 +233,9 @@ async def test_calls_resent_after_a_lost_reply_apply_once(url: str) -> None:
     async with _Opened(url) as (b,):
         rec = await create(b)
         got = await claim_run(b, rec.run_id)
-        body = codec.commit_json(commit(got, events=(ev.Activated(T0),)))
+        body = codec.commit_args(commit(got, events=(ev.Activated(T0),)))
         for _ in range(2):  # the retry of a commit whose reply was lost
-            assert await b._call("apply_commit", "w", "w", T0, body) == 1
+            assert await b._call("apply_commit", "w", "w", T0, *body) == 1
         assert await b.read_history(rec.run_id) == [ev.Activated(T0)]
         signal = codec.ej(ev.SignalReceived("s", 1))
         for _ in range(2):  # the retry of a signal whose reply was lost
