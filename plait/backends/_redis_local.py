@@ -29,10 +29,9 @@ import time
 import uuid
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
-import attrs
 
 __all__ = [
     "Shared",
@@ -60,7 +59,8 @@ class Wakeups:
         self._event: anyio.Event | None = None
         self._seen: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         # The next due time each task was last told by ``state`` (its wait is bounded by it).
-        self._expects: weakref.WeakKeyDictionary[Any, float | None] = weakref.WeakKeyDictionary()
+        # A plain dict, asked after every change: finished tasks are dropped as they are met.
+        self._expects: dict[asyncio.Task[Any], float | None] = {}
 
     def expect(self, next_due: float | None) -> None:
         """Remember that the current task was told ``next_due`` (it will wait until then)."""
@@ -70,7 +70,13 @@ class Wakeups:
 
     def sooner(self, due: float) -> bool:
         """True if some task was told of nothing due before ``due``."""
-        return any(e is None or due < e for e in self._expects.values())
+        for task, e in self._expects.items():
+            if (e is None or due < e) and not task.done():
+                return True
+        done = [task for task in self._expects if task.done()]
+        for task in done:
+            del self._expects[task]
+        return False
 
     def notify(self) -> None:
         self.generation += 1
@@ -92,10 +98,10 @@ class Wakeups:
         self._seen[task] = self.generation
 
 
-@attrs.frozen
-class Summary:
+class Summary(NamedTuple):
     """One queue at time ``now``: ready entries (due timers), leased entries (all timers), and
-    the earliest future ready time, lease expiry or fire time."""
+    the earliest future ready time, lease expiry or fire time. (A tuple: one is made for each
+    queue after every call.)"""
 
     version: int
     now: float
@@ -146,11 +152,15 @@ class Shared:
     def learn(
         self, kinds: str, before: list[int], now: float, rows: Sequence[Any], changed: bool
     ) -> None:
-        """Store the summaries a call returned (``changed``: the call changed those queues)."""
+        """Store the summaries a call returned (``changed``: the call changed those queues; a
+        false row: it left that one as it was, and what was known of it still holds)."""
         stamp = time.monotonic()
         versions = self.versions
         summaries = self.summaries
-        for k, v0, (ready, leased, later, first) in zip(kinds, before, rows, strict=True):
+        for k, v0, row in zip(kinds, before, rows, strict=True):
+            if not row:
+                continue
+            ready, leased, later, first = row
             fresh = versions[k] == v0
             if changed:
                 versions[k] += 1
@@ -166,7 +176,7 @@ class Shared:
         """Whether a local change to ``kind`` (just learned) must wake local waiters: its
         summary is unknown, shows ready work, or a due time sooner than a waiter expects."""
         s = self.summaries[kind]
-        if s is None or s.ready > 0:
+        if s is None or s.ready:
             return True
         return s.next_due is not None and self.wake.sooner(s.next_due)
 

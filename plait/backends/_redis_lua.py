@@ -39,13 +39,21 @@ else has claimed it.
 
 from __future__ import annotations
 
-__all__ = ["SCRIPTS", "PRELUDE"]
+import hashlib
 
-PRELUDE = r"""
+__all__ = ["SCRIPTS", "PRELUDE", "HELPERS", "LIBRARY", "LIBRARY_NAME", "FUNCTIONS"]
+
+# How a script (EVALSHA) starts: the call's arguments as the helpers see them.
+_SCRIPT_HEAD = r"""
 local P = ARGV[1]
 local WAKE = ARGV[2]
 local A = {}
 for i = 5, #ARGV do A[#A + 1] = ARGV[i] end
+"""
+
+# The helpers every operation shares. ``EMPTY`` is never written to: in the function library
+# it lives as long as the library.
+HELPERS = r"""
 local EMPTY = {}
 
 local function pad(n) return string.format('%016d', n) end
@@ -239,18 +247,18 @@ end
 
 -- Apply a commit: ``c`` its decoded head (``_redis_codec.commit_args``; empty parts are left
 -- out), its events A[first], A[first + 1]... Returns 1 (the run's record if the commit closes
--- it), or 0 with nothing changed. With ``spec`` ({step seq, step lease, history length}) it is
--- speculative: it applies only if that step is held with that lease and the run is quiet (no
--- live workflow lease, an empty inbox, a history of that length), and it deletes the step
--- first.
+-- it), or 0 with nothing changed; then the kinds of queue it left as they were (for ``reply``).
+-- With ``spec`` ({step seq, step lease, history length}) it is speculative: it applies only if
+-- that step is held with that lease and the run is quiet (no live workflow lease, an empty
+-- inbox, a history of that length), and it deletes the step first.
 local function apply(c, first, spec)
   local rid = c.r
   local rk = runkey(rid)
   local now = c.now
   local cur = redis.call('HMGET', rk, 's', 'x', 'f', 'lx', 'o', 'cid', 'q', 'br')
   -- The same commit sent again after its reply was lost: it is in already.
-  if cur[6] and cur[6] == c.id then return 1 end
-  if not cur[1] or cur[2] then return 0 end
+  if cur[6] and cur[6] == c.id then return 1, 'wst' end
+  if not cur[1] or cur[2] then return 0, 'wst' end
   local ib = P .. 'inbox:' .. rid
   local hist = P .. 'hist:' .. rid
   if spec then
@@ -260,7 +268,7 @@ local function apply(c, first, spec)
       or (cur[4] and tonumber(cur[4]) > tonumber(now))
       or redis.call('LLEN', ib) > 0
       or redis.call('LLEN', hist) ~= tonumber(spec[3]) then
-      return 0
+      return 0, 'wst'
     end
     -- Held, so leased: in the ready set only if its lease expired and a claim moved it back.
     if redis.call('ZREM', P .. 'steplease', held[2]) == 0 then
@@ -277,7 +285,7 @@ local function apply(c, first, spec)
     set[#set + 1] = 'f'
     set[#set + 1] = string.format('%d', tonumber(cur[3]) + 1)
   elseif tonumber(cur[3]) ~= c.l or not cur[4] then
-    return 0
+    return 0, 'wst'
   end
   if #A >= first then push_all(hist, A, first) end
   local up = c.up or 0
@@ -353,14 +361,17 @@ local function apply(c, first, spec)
   -- Release the task. Only deliveries made by this commit can have queued it or filled the
   -- inbox of a speculative one (whose inbox was empty): without them, skip the look-ups.
   local delivered = c.hk or c.nr or c.hr or c.dl
-  if delivered or cur[4] or cur[7] or c.cl then wf_unqueue(rk) end
+  local moved = delivered or cur[4] or cur[7] or c.cl
+  if moved then wf_unqueue(rk) end
   if c.rq and not c.cl and (delivered or not spec) and redis.call('LLEN', ib) > 0 then
     wf_queue(rid, rk, now)
+    moved = true
   end
   wake()
+  local same = (not moved) and 'w' or nil
   -- A closed record never changes again: the caller may keep it (``Shared.closed``).
-  if c.cl then return redis.call('HGETALL', rk) end
-  return 1
+  if c.cl then return redis.call('HGETALL', rk), same end
+  return 1, same
 end
 
 local function min_above(key, now)
@@ -393,11 +404,14 @@ end
 
 -- What is queued, as of ARGV[4], for each kind in ARGV[3] ('w' workflow tasks, 's' steps,
 -- 't' timers): the Python side caches these to answer claims and ``state`` without a trip.
-local function summaries()
+-- The kinds in ``same`` this call did not change: false for them (what was known holds).
+local function summaries(same)
   local now = ARGV[4]
   local out = {}
   for kind in string.gmatch(ARGV[3], '.') do
-    if kind == 'w' then
+    if same and string.find(same, kind, 1, true) then
+      out[#out + 1] = false
+    elseif kind == 'w' then
       out[#out + 1] = summary(P .. 'wfq', P .. 'wflease', unlease_wf, now)
     elseif kind == 's' then
       out[#out + 1] = summary(P .. 'stepq', P .. 'steplease', unlease_steps, now)
@@ -416,8 +430,8 @@ end
 
 -- One JSON string: a single bulk reply is far cheaper for the client to parse than nested
 -- arrays. Only strings, small integers and booleans go in (no float is re-encoded).
-local function reply(result)
-  return cjson.encode({result, summaries()})
+local function reply(result, same)
+  return cjson.encode({result, summaries(same)})
 end
 """
 
@@ -637,5 +651,31 @@ _BODIES = {
     "schema": SCHEMA,
 }
 
+PRELUDE = _SCRIPT_HEAD + HELPERS
+"""What every script (EVALSHA) runs before its operation."""
+
 SCRIPTS: dict[str, str] = {name: PRELUDE + body for name, body in _BODIES.items()}
 """Script name -> full Lua source (the shared prelude followed by the operation)."""
+
+# The same operations as one function library (Redis 7: FUNCTION LOAD, FCALL): the helpers are
+# made once when the library loads instead of on every call, which was a quarter of a small
+# script's time. Named after its own text, so plait versions sharing a Redis never collide.
+_FUNCTIONS_TEXT = (
+    "local ARGV, P, WAKE, A\n"
+    + HELPERS
+    + "".join(
+        f"redis.register_function('__LIBRARY___{name}', function(_, argv)\n"
+        "ARGV, P, WAKE, A = argv, argv[1], argv[2], {}\n"
+        "for i = 5, #argv do A[#A + 1] = argv[i] end\n"
+        f"{body}end)\n"
+        for name, body in _BODIES.items()
+    )
+)
+LIBRARY_NAME = "plait_" + hashlib.sha1(_FUNCTIONS_TEXT.encode()).hexdigest()[:16]
+"""The library's name: ``plait_`` and a hash of its code."""
+
+LIBRARY = f"#!lua name={LIBRARY_NAME}\n" + _FUNCTIONS_TEXT.replace("__LIBRARY__", LIBRARY_NAME)
+"""The library's source, for ``FUNCTION LOAD``."""
+
+FUNCTIONS: dict[str, str] = {name: f"{LIBRARY_NAME}_{name}" for name in _BODIES}
+"""Operation name -> its function's name in the library."""

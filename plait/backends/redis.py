@@ -36,7 +36,7 @@ from ..kernel.status import RunStatus
 from . import _redis_codec as codec
 from ._redis_codec import RedisOptions, parse_url
 from ._redis_local import KINDS, Shared, Wakeups, release, shared_for
-from ._redis_lua import SCRIPTS
+from ._redis_lua import FUNCTIONS, LIBRARY, LIBRARY_NAME, SCRIPTS
 from .base import (
     BackendError,
     BackendState,
@@ -97,6 +97,9 @@ class RedisBackend:
         self._client: Any = None
         self._free: list[Any] = []
         self._sha: dict[str, str] = {}
+        # FCALL the function library (Redis 7); EVALSHA scripts on a Redis without functions.
+        self._functions = True
+        self._target: dict[str, tuple[str, str]] = {}
         self._key: tuple[int, str, str] | None = None
         self._shared: Shared | None = None
         self._wake = Wakeups()  # until open() joins the process-wide state of this store
@@ -193,10 +196,22 @@ class RedisBackend:
             with contextlib.suppress(Exception):
                 await client.aclose()
 
-    async def _load_scripts(self) -> None:
+    async def _load_scripts(self, replace: bool = False) -> None:
+        """Make sure the server has our operations: the function library (loaded when it is
+        missing, or ``replace`` after "Function not found"), else the scripts."""
+        if self._functions:
+            try:
+                if replace or not await self._exec("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME):
+                    await self._exec("FUNCTION", "LOAD", "REPLACE", LIBRARY)
+                self._target = {n: ("FCALL", f) for n, f in FUNCTIONS.items()}
+                return
+            except self._response_error as exc:  # before Redis 7, or not allowed
+                log.info("Redis functions unavailable (%s): using EVALSHA scripts", exc)
+                self._functions = False
         names = list(SCRIPTS)
         shas = await self._pipeline([("SCRIPT", "LOAD", SCRIPTS[n]) for n in names])
         self._sha.update(zip(names, shas, strict=True))
+        self._target = {n: ("EVALSHA", self._sha[n]) for n in names}
 
     # -- round trips ---------------------------------------------------------------------------
 
@@ -239,11 +254,13 @@ class RedisBackend:
         reloads = 0
         while True:
             try:
-                if reload:  # the server lost its script cache (a restart, SCRIPT FLUSH)
-                    await self._load_scripts()
+                if reload:  # the server lost our scripts or functions (a restart, a flush)
+                    await self._load_scripts(replace=True)
                     reload = False
                 return await fn()
-            except self._noscript:
+            except self._response_error as exc:
+                if not _lost_code(exc, self._noscript):
+                    raise
                 reloads += 1
                 if reloads > 3:
                     raise
@@ -275,10 +292,9 @@ class RedisBackend:
         shared = self._shared
         message = shared.message(flags) if shared is not None else ""
         before = shared.snapshot(kinds) if shared is not None else []
-        # Packed once: a script's SHA1 is that of its text, the same after a reload.
-        packed = _pack(
-            [("EVALSHA", self._sha[name], 0, self.prefix, message, kinds, codec.ts(now), *args)]
-        )
+        # Packed once: a reload brings back the same names (SHA1s, functions).
+        call, target = self._target[name]
+        packed = _pack([(call, target, 0, self.prefix, message, kinds, codec.ts(now), *args)])
         result, rows = json.loads((await self._retrying(lambda: self._trip(packed, 1)))[0])
         if shared is not None and shared is self._shared:
             shared.learn(kinds, before, now, rows, changed=name != "state")
@@ -304,8 +320,13 @@ class RedisBackend:
         show that nothing became ready and nothing became due sooner than a waiter expects
         (e.g. a commit whose steps it leased to itself)."""
         shared = self._shared
-        if shared is None or any(shared.wakes_for(k) for k in kinds):
+        if shared is None:
             self._wake.notify()
+            return
+        for k in kinds:
+            if shared.wakes_for(k):
+                self._wake.notify()
+                return
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -432,16 +453,20 @@ class RedisBackend:
 
     async def apply_commit(self, commit: Commit) -> bool:
         kinds = codec.commit_kinds(commit)
-        got = await self._call("apply_commit", kinds, kinds, commit.now, *codec.commit_args(commit))
-        return self._applied(commit.run_id, kinds, got)
+        answer = await self._call_rows(
+            "apply_commit", kinds, kinds, commit.now, *codec.commit_args(commit)
+        )
+        return self._applied(commit.run_id, kinds, answer)
 
-    def _applied(self, run_id: str, kinds: str, got: Any) -> bool:
-        """The answer of a commit: 0, 1, or the record of the run it closed (remembered)."""
+    def _applied(self, run_id: str, kinds: str, answer: tuple[Any, Any]) -> bool:
+        """The answer of a commit: 0, 1, or the record of the run it closed (remembered),
+        with summaries of the queues it changed."""
+        got, rows = answer
         if not got:
             return False
         if isinstance(got, list) and self._shared is not None:
             self._shared.remember_closed(run_id, codec.record(run_id, codec.pairs(got)))
-        self._poke(kinds)
+        self._poke("".join(k for k, row in zip(kinds, rows, strict=True) if row))
         return True
 
     # -- steps ---------------------------------------------------------------------------------
@@ -516,7 +541,7 @@ class RedisBackend:
         kinds = codec.commit_kinds(commit)
         if "s" not in kinds:  # the finished step leaves the step queue
             kinds = "ws" + kinds[1:]
-        got = await self._call(
+        answer = await self._call_rows(
             "finish_step_and_commit",
             codec.speculative_flags(commit),
             kinds,
@@ -526,7 +551,7 @@ class RedisBackend:
             history_length,
             *codec.commit_args(commit, speculative=True),
         )
-        return self._applied(run_id, kinds, got)
+        return self._applied(run_id, kinds, answer)
 
     async def retry_step(
         self, run_id: str, seq: int, lease: int, attempt: int, ready_at: float
@@ -642,6 +667,11 @@ def _pack(commands: Sequence[Sequence[Any]]) -> bytes:
             text = arg if type(arg) is str else str(arg)
             parts.append(f"${len(text) if text.isascii() else len(text.encode())}\r\n{text}\r\n")
     return "".join(parts).encode()
+
+
+def _lost_code(exc: BaseException, noscript: type[BaseException]) -> bool:
+    """The server does not have the script (NOSCRIPT) or the function called."""
+    return isinstance(exc, noscript) or "Function not found" in str(exc)
 
 
 def _claimed(got: Sequence[Any]) -> ClaimedRun:

@@ -195,8 +195,36 @@ async def test_a_foreign_or_newer_store_is_refused(url: str) -> None:
         c.close()
 
 
-async def test_scripts_are_reloaded_after_script_flush(url: str) -> None:
+async def test_functions_are_reloaded_after_they_are_deleted(url: str) -> None:
+    from plait.backends._redis_lua import LIBRARY_NAME
+
     async with _Opened(url) as (b,):
+        if not b._functions:
+            pytest.skip("a Redis before 7 has no functions")
+        assert {call for call, _ in b._target.values()} == {"FCALL"}
+        rec = await create(b)
+        c = _client(url)
+        try:
+            c.function_delete(LIBRARY_NAME)  # as FUNCTION FLUSH or a restart without them
+        finally:
+            c.close()
+        got = await claim_run(b, rec.run_id)  # "Function not found", reload, call again
+        assert await b.apply_commit(commit(got, events=(ev.Activated(T0),)))
+        assert await b.read_history(rec.run_id) == [ev.Activated(T0)]
+
+
+def _scripts_only(url: str) -> RedisBackend:
+    """A backend that calls EVALSHA scripts, as on a Redis without functions (before 7)."""
+    b = RedisBackend(url)
+    b._functions = False
+    return b
+
+
+async def test_scripts_are_reloaded_after_script_flush(url: str) -> None:
+    b = _scripts_only(url)
+    await b.open()
+    try:
+        assert {call for call, _ in b._target.values()} == {"EVALSHA"}
         rec = await create(b)
         c = _client(url)
         try:
@@ -207,6 +235,38 @@ async def test_scripts_are_reloaded_after_script_flush(url: str) -> None:
         got = await claim_run(b, rec.run_id)  # NOSCRIPT, reload, call again
         assert await b.apply_commit(commit(got, events=(ev.Activated(T0),)))
         assert await b.read_history(rec.run_id) == [ev.Activated(T0)]
+    finally:
+        await b.close()
+
+
+async def test_scripts_and_functions_run_one_store_together(url: str) -> None:
+    """Every operation passes through both: one run moved on by each in turn."""
+    async with _Opened(url) as (f,):
+        s = _scripts_only(url)
+        await s.open()
+        try:
+            rec = await start_with(f, steps=(StepTask("", 1, "s", [], 1, T0),))
+            (task,) = await s.claim_step_tasks(T0, 5, LEASE)
+            history = await f.read_history(rec.run_id)
+            nxt = StepTask(rec.run_id, 2, "s", [], 1, T0 + 1, 77, T0 + 1 + LEASE)
+            events = (ev.StepCompleted(1, "a"), ev.StepScheduled(2, "s", []))
+            c = Commit(run_id=rec.run_id, lease=0, now=T0 + 1, events=events, steps=(nxt,))
+            assert await s.finish_step_and_commit(rec.run_id, 1, task.lease, c, len(history))
+            assert await f.heartbeat_step(rec.run_id, 2, 77, T0 + 2, LEASE)
+            done = Commit(
+                run_id=rec.run_id,
+                lease=0,
+                now=T0 + 3,
+                events=(ev.StepCompleted(2, "b"),),
+                status=RunStatus.COMPLETED,
+                result="b",
+            )
+            assert await f.finish_step_and_commit(rec.run_id, 2, 77, done, len(history) + 2)
+            got = await s.get_run(rec.run_id)
+            assert got is not None and got.status is RunStatus.COMPLETED and got.result == "b"
+            assert (await f.read_history(rec.run_id))[len(history) :] == [*events, *done.events]
+        finally:
+            await s.close()
 
 
 async def test_times_are_stored_exactly(url: str) -> None:
@@ -243,6 +303,46 @@ async def test_calls_resent_after_a_lost_reply_apply_once(url: str) -> None:
             assert await b._call("append_inbox", "w", "w", T0, *args) == 1
         again = await claim_run(b, rec.run_id)
         assert [e.event for e in again.inbox] == [ev.SignalReceived("s", 1)]
+
+
+async def test_a_speculative_commit_resent_after_a_lost_reply_applies_once(url: str) -> None:
+    from plait.backends import _redis_codec as codec
+
+    async with _Opened(url) as (b,):
+        rec = await start_with(b, steps=(StepTask("", 1, "s", [], 1, T0),))
+        (task,) = await b.claim_step_tasks(T0, 5, LEASE)
+        length = len(await b.read_history(rec.run_id))
+        events = (ev.StepCompleted(1, "r"), ev.Activated(T0 + 1))
+        c = Commit(run_id=rec.run_id, lease=0, now=T0 + 1, events=events)
+        args = (1, str(task.lease), length, *codec.commit_args(c, speculative=True))
+        for _ in range(2):  # the step is gone the second time: the commit id answers
+            assert await b._call("finish_step_and_commit", "", "ws", T0 + 1, *args) == 1
+        assert (await b.read_history(rec.run_id))[length:] == list(events)
+        assert not await b.heartbeat_step(rec.run_id, 1, task.lease, T0 + 2, LEASE)
+
+
+async def test_a_closed_run_is_read_from_what_its_commit_returned(url: str) -> None:
+    async with _Opened(url) as (b,), _Opened(_elsewhere(url)) as (other,):
+        rec = await create(b, key="k-closed")
+        got = await claim_run(b, rec.run_id)
+        assert await b.apply_commit(
+            commit(got, events=(ev.Activated(T0),), status=RunStatus.COMPLETED, result=[1])
+        )
+        trips: list[Any] = []
+        real = b._trip
+
+        async def counted(packed: bytes, n: int) -> list[Any]:
+            trips.append(packed)
+            return await real(packed, n)
+
+        b._trip = counted  # type: ignore[method-assign]
+        mine = await b.get_run(rec.run_id)
+        assert trips == [], "a run this process closed was read from Redis"
+        assert mine is not None and mine == await other.get_run(rec.run_id)
+        assert mine.closed and mine.result == [1] and mine.key == "k-closed"
+        assert b._shared is not None
+        b._shared.distrust()  # connection trouble: a restart may have lost the close
+        assert await b.get_run(rec.run_id) == mine and len(trips) == 1
 
 
 # -- protocol guarantees under concurrency -------------------------------------------------------
