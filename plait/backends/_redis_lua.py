@@ -1,6 +1,8 @@
-"""The Lua scripts of the Redis backend: one script per atomic protocol operation.
+"""The Lua of the Redis backend: one operation per atomic protocol call, as one function
+library (``LIBRARY``, Redis 7: loaded once, called with FCALL) or as scripts (``SCRIPTS``,
+EVALSHA). Both are built from the same helpers and bodies.
 
-Every script gets the key prefix as ``ARGV[1]``, the wake-up message to publish as ``ARGV[2]``
+Every operation gets the key prefix as ``ARGV[1]``, the wake-up message to publish as ``ARGV[2]``
 (empty: publish nothing), the kinds of queue summary wanted back and their time as ``ARGV[3]``
 and ``ARGV[4]``, then its own arguments (``A[1]``...). The scripts only store, move and index
 strings the Python side encoded (events, records, scores) and check uniqueness (keys, hook

@@ -1,11 +1,13 @@
 """Redis backend (``redis://`` and ``rediss://``) on redis-py's asyncio client.
 
-Every mutating protocol call is one Lua script (``_redis_lua``), loaded once with SCRIPT LOAD
-and called with EVALSHA (reloaded on NOSCRIPT, e.g. after a restart): a script runs whole or not
-at all, and with AOF on it is persisted as one transaction, so a crash never leaves half a
-commit behind. Python encodes every event and record (``_redis_codec``); Lua only stores, moves
-and indexes strings and checks uniqueness and fencing. Semantics follow the memory backend
-operation by operation.
+Every mutating protocol call is one Lua function call (``_redis_lua``): FCALL of the function
+library, loaded with FUNCTION LOAD when the server lacks it (Redis 7), else EVALSHA of scripts
+loaded with SCRIPT LOAD; either is loaded again when the server lost it. A call runs whole or
+not at all, and with AOF on it is persisted as one transaction, so a crash never leaves half a
+commit behind. A step costs one call (``finish_step_and_commit``, speculative activation).
+Python encodes every event and record (``_redis_codec``); Lua only stores, moves and indexes
+strings and checks uniqueness and fencing. Semantics follow the memory backend operation by
+operation.
 
 URL: ``redis://[user:password@]host:port/<db>?prefix=plait:&retry_for=30``. ``prefix``
 (default ``plait:``) namespaces every key, so several deployments share one Redis;
@@ -113,6 +115,7 @@ class RedisBackend:
         )
         self._noscript: type[BaseException] = errors.NoScriptError
         self._response_error: type[BaseException] = errors.ResponseError
+        self._noperm: type[BaseException] = errors.NoPermissionError
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
@@ -206,7 +209,10 @@ class RedisBackend:
                 self._target = {n: ("FCALL", f) for n, f in FUNCTIONS.items()}
                 return
             except self._response_error as exc:  # before Redis 7, or not allowed
-                log.info("Redis functions unavailable (%s): using EVALSHA scripts", exc)
+                expected = isinstance(exc, self._noperm) or "unknown command" in str(exc)
+                (log.info if expected else log.warning)(
+                    "Redis functions unavailable (%s): using EVALSHA scripts", exc
+                )
                 self._functions = False
         names = list(SCRIPTS)
         shas = await self._pipeline([("SCRIPT", "LOAD", SCRIPTS[n]) for n in names])
@@ -233,7 +239,10 @@ class RedisBackend:
         conn = self._conn() or await self._client.connection_pool.get_connection()
         try:
             await conn.send_packed_command(packed, check_health=False)
-            replies = [await conn.read_response() for _ in range(n)]
+            if n == 1:  # the usual case, without a comprehension's frame
+                replies = [await conn.read_response()]
+            else:
+                replies = [await conn.read_response() for _ in range(n)]
         except self._response_error:
             self._free.append(conn)  # a complete error reply: the connection is fine
             raise

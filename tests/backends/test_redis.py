@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import pytest
@@ -237,6 +238,23 @@ async def test_scripts_are_reloaded_after_script_flush(url: str) -> None:
         assert await b.read_history(rec.run_id) == [ev.Activated(T0)]
     finally:
         await b.close()
+
+
+async def test_a_user_refused_functions_gets_scripts(url: str) -> None:
+    c = _client(url)
+    user = f"plait-nofn-{time.time_ns()}"
+    try:
+        c.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-function")
+        parts = urlsplit(url)
+        limited = urlunsplit(parts._replace(netloc=f"{user}:pw@{parts.hostname}:{parts.port}"))
+        async with _Opened(limited) as (b,):
+            assert {call for call, _ in b._target.values()} == {"EVALSHA"}
+            rec = await create(b)
+            got = await claim_run(b, rec.run_id)
+            assert await b.apply_commit(commit(got, events=(ev.Activated(T0),)))
+    finally:
+        c.execute_command("ACL", "DELUSER", user)
+        c.close()
 
 
 async def test_scripts_and_functions_run_one_store_together(url: str) -> None:
