@@ -534,6 +534,7 @@ class DbThread:
         self._groupable = groupable
         self._inline = inline
         self._lock = threading.Lock()  # held by whoever runs a job: the thread or a caller
+        self._yielded = 0.0  # when an inline call last let other tasks run
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -588,7 +589,13 @@ class DbThread:
             finally:
                 self._lock.release()
             if result is not INLINE_REFUSED:
-                await anyio.lowlevel.checkpoint()  # a call stays a scheduling point
+                # A yield (where cancellation is delivered too) costs as much as a short
+                # transaction: inline calls yield once per millisecond, so a task calling the
+                # backend in a loop still lets the others run.
+                now = time.monotonic()
+                if now - self._yielded >= YIELD_EVERY:
+                    self._yielded = now
+                    await anyio.lowlevel.checkpoint()
                 return result  # type: ignore[no-any-return]
         loop = _asyncio_loop()
         if loop is not None:
@@ -618,6 +625,8 @@ class DbThread:
 
 
 _NOTHING = object()
+YIELD_EVERY = 0.001
+"""Seconds of inline calls after which the caller lets other tasks run (see ``DbThread``)."""
 INLINE_REFUSED = object()
 """What a ``DbThread`` inline runner returns when the call must go to the thread."""
 

@@ -1014,6 +1014,25 @@ async def test_an_inline_call_never_waits_for_another_connections_lock(
 
 
 @pytest.mark.anyio
+async def test_a_task_polling_inline_still_lets_others_run(file_backend: SqliteBackend) -> None:
+    await new_run(file_backend, "r1")
+    done = anyio.Event()
+
+    async def other() -> None:
+        await anyio.sleep(0)
+        done.set()
+
+    polls = 0
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other)
+            while not done.is_set():  # never awaits anything but the backend
+                await file_backend.get_run("r1")
+                polls += 1
+    assert polls > 1
+
+
+@pytest.mark.anyio
 async def test_inline_backends_checkpoint_on_their_thread(file_backend: SqliteBackend) -> None:
     from plait.backends.sqlite import CHECKPOINT_EVERY
 
