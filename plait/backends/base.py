@@ -391,3 +391,27 @@ class SpeculativeBackend(EagerBackend, Protocol):
         False, with nothing changed, when the step lease is stale or the run is not quiet: the
         caller then finishes the step the ordinary way."""
         ...
+
+
+@runtime_checkable
+class EagerStartBackend(Backend, Protocol):
+    """The optional eager-start extension of ``Backend``.
+
+    An engine whose own worker has a free slot for the workflow creates a run already claimed
+    for that worker, which activates it at once: no claim round trip and no wake-up of the
+    worker's loop (Temporal's "eager workflow start"). A backend implements it and sets
+    ``supports_eager_start = True``.
+    """
+
+    supports_eager_start: bool
+
+    async def create_run_and_claim(
+        self, record: RunRecord, inbox: Sequence[Event], now: float, lease_seconds: float
+    ) -> tuple[str, bool, ClaimedRun | None]:
+        """Optional (when ``supports_eager_start``): ``create_run``, and when it created the
+        run, claim that run's workflow task in the same atomic step exactly as
+        ``claim_workflow_task`` would (the fencing token advances; leased until
+        ``now + lease_seconds``; the claim's inbox holds ``inbox`` with their entry ids and its
+        ``history_length`` is 0). ``(run_id, True, claim)``; or, when nothing was created
+        (the key is held, the id exists), ``create_run``'s answer with None."""
+        ...

@@ -43,6 +43,7 @@ class MemoryBackend:
     # save they only cost, and the plain path stays exercised.
     supports_eager = False
     supports_speculation = False
+    supports_eager_start = False
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
@@ -125,6 +126,17 @@ class MemoryBackend:
         self._insert_run(record, inbox, now)
         self._notifier.notify()
         return record.run_id, True
+
+    async def create_run_and_claim(
+        self, record: RunRecord, inbox: Sequence[Event], now: float, lease_seconds: float
+    ) -> tuple[str, bool, ClaimedRun | None]:
+        run_id, created = await self.create_run(record, inbox, now)
+        if not created:
+            return run_id, False, None
+        self._fence[run_id] += 1
+        self._wf_lease[run_id] = now + lease_seconds
+        claim = ClaimedRun(self._runs[run_id], self._fence[run_id], tuple(self._inbox[run_id]), 0)
+        return run_id, True, claim
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         return self._runs.get(run_id)

@@ -33,6 +33,8 @@ from ._conformance_concurrency import *  # noqa: F403
 from ._conformance_concurrency import __all__ as _concurrency_tests
 from ._conformance_eager import *  # noqa: F403
 from ._conformance_eager import __all__ as _eager_tests
+from ._conformance_eager_start import *  # noqa: F403
+from ._conformance_eager_start import __all__ as _eager_start_tests
 from ._conformance_queues import *  # noqa: F403
 from ._conformance_queues import __all__ as _queue_tests
 from ._conformance_speculation import *  # noqa: F403
@@ -50,11 +52,13 @@ TESTS: tuple[str, ...] = (
     *_concurrency_tests,
     *_eager_tests,
     *_speculation_tests,
+    *_eager_start_tests,
 )
 """The names of the conformance tests, in suite order."""
 
-OPTIONAL: tuple[str, ...] = tuple(_speculation_tests)
-"""The tests of an optional extension, skipped for a backend without it (speculation)."""
+OPTIONAL: tuple[str, ...] = (*_speculation_tests, *_eager_start_tests)
+"""The tests of optional extensions, skipped for a backend without them (speculation, eager
+start)."""
 
 __all__ = [
     "pytestmark",
