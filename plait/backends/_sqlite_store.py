@@ -267,16 +267,20 @@ class Store:
             self._watched = self._watched or d.run_id == self._watch
             self._queue(d.run_id, now)
 
-    def _insert_run(self, record: RunRecord, inbox: Sequence[Event], now: float) -> None:
+    def _insert_run(self, record: RunRecord, inbox: Sequence[Event], now: float) -> list[int]:
+        """Insert the run with its inbox (queued); the inbox entries' ids."""
         con = self._con()
         con.execute(INSERT_RUN, record_params(record))
         if inbox and not record.closed:
-            self._add_inbox(record.run_id, inbox)
+            ids = self._add_inbox(record.run_id, inbox)
             self._queue(record.run_id, now)
+            return ids
+        return []
 
-    def _add_inbox(self, run_id: str, events: Sequence[Event]) -> None:
+    def _add_inbox(self, run_id: str, events: Sequence[Event]) -> list[int]:
         rows = [(run_id, self._next(), dump_event(e)) for e in events]
         self._con().executemany(INSERT_INBOX, rows)
+        return [row[1] for row in rows]
 
     def _exists(self, run_id: str) -> bool:
         sql = "SELECT 1 FROM plait_runs WHERE run_id = ?"
@@ -344,6 +348,25 @@ class Store:
             return record.run_id, False
         self._insert_run(record, inbox, now)
         return record.run_id, True
+
+    def create_run_and_claim(
+        self, record: RunRecord, inbox: Sequence[Event], now: float, lease_seconds: float
+    ) -> tuple[str, bool, ClaimedRun | None]:
+        """``create_run``, then the new run's workflow task claimed (its first claim: the
+        fence goes from 0 to 1)."""
+        if record.key is not None:
+            holder = self._key_holder(record.key)
+            if holder is not None:
+                return holder, False, None
+        if self._exists(record.run_id):
+            return record.run_id, False, None
+        ids = self._insert_run(record, inbox, now)
+        self._con().execute(
+            "UPDATE plait_runs SET fence = 1, lease_expires = ? WHERE run_id = ?",
+            (now + lease_seconds, record.run_id),
+        )
+        entries = tuple(InboxEntry(i, e) for i, e in zip(ids, inbox, strict=True))
+        return record.run_id, True, ClaimedRun(record, 1, entries, 0)
 
     def get_run(self, run_id: str) -> RunRecord | None:
         sql = f"SELECT {RUN_COLS} FROM plait_runs WHERE run_id = ?"

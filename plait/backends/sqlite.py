@@ -80,6 +80,7 @@ class SqliteBackend:
 
     supports_eager = True
     supports_speculation = True
+    supports_eager_start = True
 
     def __init__(self, url: str = "sqlite://:memory:") -> None:
         self.url = url
@@ -220,6 +221,18 @@ class SqliteBackend:
         self, record: RunRecord, inbox: Sequence[Event], now: float
     ) -> tuple[str, bool]:
         return await self._change(("wf",), self._store.create_run, record, tuple(inbox), now)
+
+    async def create_run_and_claim(
+        self, record: RunRecord, inbox: Sequence[Event], now: float, lease_seconds: float
+    ) -> tuple[str, bool, ClaimedRun | None]:
+        store = self._store
+        with self._busy(("wf",)):
+            out = await self._run(
+                store.write, store.create_run_and_claim, record, tuple(inbox), now, lease_seconds
+            )
+        if out[1]:  # a new task, leased to the caller: nobody to wake until its lease expires
+            self._hints.lower("wf", now + lease_seconds)
+        return out
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         return await self._run(self._store.get_run, run_id)

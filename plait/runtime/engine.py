@@ -113,6 +113,7 @@ class Engine:
         self._driver: _Driver | None = None
         self._opened = 0
         self._closed_waiters: dict[str, anyio.Event] = {}
+        self._workers: list[Worker] = []  # running local workers that take eager starts
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -178,7 +179,17 @@ class Engine:
         started = ev.RunStarted(
             run_id=run_id, workflow=name, args=data, key=key, seed=self.new_seed(), time=now
         )
-        actual, _created = await self.backend.create_run(record, (started,), now)
+        worker = next((w for w in self._workers if w._takes(name)), None)
+        if worker is None:
+            actual, _created = await self.backend.create_run(record, (started,), now)
+            return RunHandle(self, actual, hint)
+        # Eager start: created already claimed for a local worker with a free slot.
+        backend: Any = self.backend
+        actual, _created, claim = await backend.create_run_and_claim(
+            record, (started,), now, worker.lease_seconds
+        )
+        if claim is not None and not worker._adopt(claim):  # it began to stop meanwhile
+            await self.backend.apply_commit(Commit(run_id=actual, lease=claim.lease, now=now))
         return RunHandle(self, actual, hint)
 
     def handle(self, run_id: str, workflow: Any = None) -> RunHandle:

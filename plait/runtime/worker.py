@@ -120,6 +120,8 @@ class Worker:
     async def __aenter__(self) -> Worker:
         await self.engine.open()
         self._eager = bool(getattr(self.backend, "supports_eager", False))
+        if getattr(self.backend, "supports_eager_start", False):
+            self.engine._workers.append(self)
         self._speculative = self._eager and bool(
             getattr(self.backend, "supports_speculation", False)
         )
@@ -132,6 +134,8 @@ class Worker:
     async def __aexit__(self, *exc: object) -> None:
         assert self._tg is not None
         self._stopping = True
+        if self in self.engine._workers:
+            self.engine._workers.remove(self)
         self.backend.notify()
         if self._inflight:
             self._drained = anyio.Event()
@@ -155,6 +159,21 @@ class Worker:
         Equal tokens, idle, around a backend read mean the read saw the worker quiescent: the
         time-skipping environment relies on it to never skip time past work in flight."""
         return (self._epoch, self._inflight, self._ticking)
+
+    def _takes(self, workflow: str) -> bool:
+        """Whether a new run of ``workflow`` may be handed to this worker now (eager start)."""
+        return (
+            not self._stopping and self._inflight < self.concurrency and workflow in self.workflows
+        )
+
+    def _adopt(self, claim: ClaimedRun) -> bool:
+        """Run a claim made for this worker elsewhere (eager start); False if stopping."""
+        if self._stopping or self._tg is None:
+            return False
+        self._inflight += 1
+        self._epoch += 1
+        self._tg.start_soon(self._guard, claim)
+        return True
 
     async def requeue_blocked(self) -> int:
         """Queue every blocked run once: a new deploy may replay it cleanly."""
