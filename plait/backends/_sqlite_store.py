@@ -12,6 +12,7 @@ yield work; see ``Hints``), read in the same transaction.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -70,6 +71,7 @@ from .base import (
 __all__ = ["Store", "Readings"]
 
 T = TypeVar("T")
+log = logging.getLogger("plait.sqlite")
 _INF = float("inf")
 _QUEUES = ("wf", "steps", "timers")
 
@@ -140,9 +142,19 @@ class Store:
             con.execute(f"PRAGMA busy_timeout = {self.options.busy_timeout_ms}")
 
     def checkpoint(self) -> None:
-        """Copy the WAL back into the database file (``PASSIVE``: waits for nobody)."""
-        self.commits = 0
-        self._con().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        """Copy the WAL back into the database file (``PASSIVE``: waits for nobody), on a
+        connection of its own: the store's connection stays free for inline calls meanwhile
+        (a checkpoint syncs the disk)."""
+        if self.options.path is None:
+            return
+        try:
+            con = sqlite3.connect(self.options.path, timeout=0, isolation_level=None)
+            try:
+                con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                con.close()
+        except sqlite3.Error:  # the next one will catch up; nothing depends on this one
+            log.debug("sqlite checkpoint of %s failed", self.options.path, exc_info=True)
 
     def write(self, fn: Callable[..., T], *args: Any) -> T:
         con = self._con()

@@ -28,6 +28,7 @@ import contextlib
 import contextvars
 import os
 import sqlite3
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -48,8 +49,8 @@ POLL_SECONDS = 0.1
 """Longest ``wait`` on a file database: changes made by other processes are seen this soon."""
 
 CHECKPOINT_EVERY = 200
-"""Commits between two WAL checkpoints, which this backend makes on its thread when it runs
-calls inline (SQLite's automatic ones would sync the disk inside an inline commit)."""
+"""Commits between two WAL checkpoints, which this backend makes on a thread of its own when it
+runs calls inline (SQLite's automatic ones would sync the disk inside an inline commit)."""
 
 T = TypeVar("T")
 _INF = float("inf")
@@ -88,6 +89,7 @@ class SqliteBackend:
         self._store = Store(self.options)
         self._thread: DbThread | None = None
         self._notifier = Notifier()
+        self._checkpointing: threading.Thread | None = None
         self._changes = 0  # local notifications so far
         # Per task: ``_changes`` when it first called the backend since its last ``wait``.
         self._seen: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -152,8 +154,20 @@ class SqliteBackend:
         finally:
             if self._store.commits >= CHECKPOINT_EVERY and self.options.runs_inline:
                 self._store.commits = 0
-                if self.options.path is not None and self._thread is not None:
-                    self._thread.submit(self._store.checkpoint)
+                self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Start a WAL checkpoint on a thread of its own (one at a time), so that neither
+        the event loop nor the backend's thread waits for its disk sync."""
+        if self.options.path is None:
+            return
+        running = self._checkpointing
+        if running is not None and running.is_alive():
+            return
+        self._checkpointing = threading.Thread(
+            target=self._store.checkpoint, name="plait-sqlite-checkpoint", daemon=True
+        )
+        self._checkpointing.start()
 
     @contextlib.contextmanager
     def _busy(self, queues: Sequence[str]) -> Iterator[None]:

@@ -1033,7 +1033,9 @@ async def test_a_task_polling_inline_still_lets_others_run(file_backend: SqliteB
 
 
 @pytest.mark.anyio
-async def test_inline_backends_checkpoint_on_their_thread(file_backend: SqliteBackend) -> None:
+async def test_inline_backends_checkpoint_off_the_loop_and_the_db_thread(
+    file_backend: SqliteBackend, db_path: Path
+) -> None:
     from plait.backends.sqlite import CHECKPOINT_EVERY
 
     store = file_backend._store
@@ -1041,8 +1043,19 @@ async def test_inline_backends_checkpoint_on_their_thread(file_backend: SqliteBa
     checkpoints = _spy_threads(store, "checkpoint")
     for i in range(CHECKPOINT_EVERY + 5):
         await new_run(file_backend, f"r{i}")
-    await file_backend.get_run("r0")  # the thread has run the queued checkpoint by now
-    assert checkpoints and threading.get_ident() not in checkpoints
+    thread = file_backend._checkpointing
+    assert thread is not None
+    thread.join(10)
+    assert len(checkpoints) == 1
+    assert threading.get_ident() not in checkpoints
+    assert file_backend._thread is not None
+    assert file_backend._thread._thread.ident not in checkpoints
+    wal = Path(f"{db_path}-wal")
+    assert wal.exists()
+    con = sqlite3.connect(db_path)  # everything was copied back: nothing left to checkpoint
+    busy, pages, done = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    con.close()
+    assert busy == 0 and done == pages
 
 
 @pytest.mark.anyio
