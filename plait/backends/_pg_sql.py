@@ -14,7 +14,7 @@ back and the client retries it.
 
 from __future__ import annotations
 
-__all__ = ["V1", "V2", "V3"]
+__all__ = ["V1", "V2", "V3", "V4"]
 
 # -- schema version 1 -----------------------------------------------------------------------
 # {s} is the quoted schema, {chan} the NOTIFY channel (a literal; the schema name is
@@ -1453,4 +1453,83 @@ BEGIN
         EXECUTE format('ALTER FUNCTION {s}.%s SET plan_cache_mode = force_generic_plan', f);
     END LOOP;
 END $do$;
+"""
+
+# -- schema version 4: eager start ------------------------------------------------------------
+# No table changes. ``create_run_and_claim``: a run created with its workflow task already
+# claimed, in one statement (create_claim). Versions 1 to 3 keep their functions, arguments and
+# results.
+
+V4 = r"""
+-- create_claim: create_run, and when it created the run, its workflow task claimed as
+-- claim_wfs would, in the same INSERT: fence 1 (0 bumped once), leased until p_now + p_secs.
+-- actual and created as create_run's; when created, run (as claim_wfs's: [RUN_COLS..., fence,
+-- history_len, has children]) and inbox ([[id, event]...], the rows just inserted). The task is
+-- leased to the caller, so no listener is woken for it; but what they remember of the
+-- workflow queue (leased tasks, when one becomes claimable) moved: NOTIFY 'l' makes them forget
+-- it without waking anyone.
+CREATE FUNCTION {s}.create_claim(r jsonb, p_inbox jsonb, p_now float8, p_secs float8,
+                                 p_origin text, OUT actual text, OUT created boolean,
+                                 OUT run jsonb, OUT inbox jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run text := r->>'run_id';
+    v_key text := r->>'key';
+    v_n integer := jsonb_array_length(p_inbox);
+BEGIN
+    created := false;
+    LOOP
+        INSERT INTO {s}.runs AS n (run_id, workflow, status, created_at, key, parent_run_id,
+                                   parent_seq, parent_close, queue, result, error, closed_at,
+                                   continued_to, block_reason, wf_ready_at, wf_order, fence,
+                                   lease_expires)
+        VALUES (v_run, r->>'workflow', r->>'status', (r->>'created_at')::float8, v_key,
+                r->>'parent_run_id', (r->>'parent_seq')::integer, r->>'parent_close',
+                r->>'queue', nullif(r->'result', 'null'), nullif(r->'error', 'null'),
+                (r->>'closed_at')::float8, r->>'continued_to', r->>'block_reason',
+                CASE WHEN v_n > 0 THEN p_now END,
+                CASE WHEN v_n > 0 THEN nextval('{s}.task_order') END,
+                1, p_now + p_secs)
+        ON CONFLICT DO NOTHING
+        -- A new run has no children: they are made by its commits, which need its lease.
+        RETURNING jsonb_build_array(
+            n.run_id, n.workflow, n.status, n.created_at, n.key, n.parent_run_id, n.parent_seq,
+            n.parent_close, n.queue, n.result, n.error, n.closed_at, n.continued_to,
+            n.block_reason, n.fence, n.history_len, false)
+        INTO run;
+        IF FOUND THEN
+            actual := v_run;
+            created := true;
+            WITH i AS (
+                INSERT INTO {s}.inbox (run_id, event)
+                SELECT v_run, e FROM jsonb_array_elements(p_inbox) WITH ORDINALITY AS t(e, o)
+                 ORDER BY o
+                RETURNING id, event
+            )
+            SELECT coalesce(jsonb_agg(jsonb_build_array(i.id, i.event) ORDER BY i.id), '[]')
+              INTO inbox FROM i;
+            IF v_n > 0 THEN
+                PERFORM pg_advisory_xact_lock_shared({lock});
+                PERFORM pg_notify('{chan}', 'l:' || p_origin)
+                   FROM {s}.listeners WHERE origin <> p_origin LIMIT 1;
+            END IF;
+            RETURN;
+        END IF;
+        IF v_key IS NOT NULL THEN
+            SELECT n.run_id INTO actual FROM {s}.runs n WHERE n.key = v_key AND NOT n.closed;
+            IF FOUND THEN
+                RETURN;
+            END IF;
+        END IF;
+        IF EXISTS (SELECT 1 FROM {s}.runs n WHERE n.run_id = v_run) THEN
+            actual := v_run;
+            RETURN;
+        END IF;
+        -- the key holder closed in between: try again
+    END LOOP;
+END $$;
+
+ALTER FUNCTION {s}.create_claim(jsonb, jsonb, float8, float8, text) SET enable_seqscan = off;
+ALTER FUNCTION {s}.create_claim(jsonb, jsonb, float8, float8, text)
+    SET plan_cache_mode = force_generic_plan;
 """

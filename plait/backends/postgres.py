@@ -13,18 +13,21 @@ alone takes a fast path (``commit1``, ``finish1``, ``spec1``). Semantics follow 
 operation by operation, including the optional eager dispatch (``supports_eager``): steps
 committed pre-leased, and ``finish_step_and_claim``; and the optional speculative activation
 (``supports_speculation``): ``finish_step_and_commit`` finishes a step and applies the commit of
-the activation it causes in one transaction, travelling with the commits (group commit).
+the activation it causes in one transaction, travelling with the commits (group commit); and
+the optional eager start (``supports_eager_start``): ``create_run_and_claim`` creates a run with
+its workflow task claimed, in one call of ``create_claim``.
 
 Wake-ups: a write that creates ready work sends ``NOTIFY <schema>_work`` (payload: what changed
 -- ``w`` workflow tasks, ``s`` steps, ``t`` timers, ``r`` a run record -- and the writer's
-origin id) when another backend object is registered as a listener. Each backend LISTENs on one
-dedicated connection, reconnecting when it is lost. While it listens it remembers that a queue
-held nothing claimable (and until when), and which run records it read, and answers claims,
-``state()`` and ``get_run()`` from that memory until a local write or a notification says
-otherwise. So an idle worker costs almost no queries. A local write whose effect on a queue is
-known (a lease released, steps added leased, a run claimed) is applied to that memory rather
-than erasing it (``_carry``), so a run going step by step asks nothing but its commits and step
-results.
+origin id) when another backend object is registered as a listener; ``l`` (a run created
+already leased: eager start) wakes nobody, it only says the workflow queue's leases moved. Each
+backend LISTENs on one dedicated connection, reconnecting when it is lost. While it listens it
+remembers that a queue held nothing claimable (and until when), and which run records it read,
+and answers claims, ``state()`` and ``get_run()`` from that memory until a local write or a
+notification says otherwise. So an idle worker costs almost no queries. A local write whose
+effect on a queue is known (a lease released, steps added leased, a run claimed) is applied to
+that memory rather than erasing it (``_carry``), so a run going step by step asks nothing but
+its commits and step results.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ class PostgresBackend(PgConnections):
 
     supports_eager = True
     supports_speculation = True
+    supports_eager_start = True
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -136,6 +140,8 @@ class PostgresBackend(PgConnections):
         s = self._s
         return {
             "create_run": f"SELECT {s}.create_run(%s::jsonb, %s::jsonb, %s::float8, %s)",
+            "create_claim": f"SELECT actual, created, run::text, inbox::text FROM {s}.create_claim("
+            "%s::jsonb, %s::jsonb, %s::float8, %s::float8, %s)",
             "get_run": f"SELECT {RUN_COLS} FROM {s}.runs WHERE run_id = %s",
             "history": f"SELECT coalesce(json_agg(event ORDER BY pos), '[]') FROM {s}.history"
             " WHERE run_id = %s",
@@ -175,6 +181,11 @@ class PostgresBackend(PgConnections):
         flags, _, origin = payload.partition(":")
         if origin == self._origin:
             return  # our own write: accounted for locally already
+        if flags == "l":
+            # A run created with its workflow task leased to its creator (eager start): the
+            # workflow queue's leased count and next due time moved, nothing became claimable.
+            self._invalidate("w")
+            return
         self._invalidate(*(flags or _KINDS))
         if "r" in flags:
             self._invalidate("w")  # a lease was released: counts and due times moved
@@ -305,6 +316,39 @@ class PostgresBackend(PgConnections):
                 self._keep_record(record)
             self._waker.notify()
         return run_id, bool(created)
+
+    async def create_run_and_claim(
+        self, record: RunRecord, inbox: Sequence[Event], now: float, lease_seconds: float
+    ) -> tuple[str, bool, ClaimedRun | None]:
+        self._waker.unwatch()
+        w0, wgen, remote = self._trusted("w", now), self._gen["w"], self._remote_gen
+        try:
+            actual, created, run, entries = await self._run(
+                "create_claim",
+                (
+                    dumps(rec_doc(record)),
+                    dumps([event_to_dict(e) for e in inbox]),
+                    now,
+                    lease_seconds,
+                    self._origin,
+                ),
+                safe=False,
+            )
+        except BaseException:
+            self._invalidate("w")
+            raise
+        if not created:
+            return actual, False, None  # nothing written
+        self._local_gen += 1
+        claimed = self._claimed(json.loads(run), json.loads(entries), remote, time.monotonic())
+        if self._listening:
+            self._keep_record(claimed.run)
+        # One more leased task, claimable again when its lease expires (none queued without an
+        # inbox). Nobody here is woken: the caller activates the run.
+        queued = bool(inbox)
+        if not self._carry("w", w0, wgen, int(queued), now + lease_seconds if queued else _INF):
+            self._invalidate("w")
+        return actual, True, claimed
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         waker = self._waker

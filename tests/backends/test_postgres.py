@@ -792,7 +792,7 @@ async def test_a_version_2_store_is_migrated_and_speculates(
     assert _sql(url, "SELECT to_regprocedure(%s) IS NULL", (spec,)) == [(True,)]
     async with _Opened(url) as (b,):
         versions = _sql(url, f'SELECT version FROM "{s}".schema_version ORDER BY 1')
-        assert versions == [(v,) for v, _ in _pg_schema.MIGRATIONS] == [(1,), (2,), (3,)]
+        assert versions == [(v,) for v, _ in _pg_schema.MIGRATIONS] == [(1,), (2,), (3,), (4,)]
         assert _sql(url, "SELECT to_regprocedure(%s) IS NULL", (spec,)) == [(False,)]
         c = _spec_commit(run_id, T0 + 1, status=RunStatus.COMPLETED, result="done")
         assert await b.finish_step_and_commit(run_id, 1, TOKEN + 1, c, 0)
@@ -851,7 +851,141 @@ async def test_a_version_1_store_is_migrated(url: str, monkeypatch: pytest.Monke
         assert await a.claim_step_tasks(T0 + 2, 10, LEASE) == []
 
 
+# -- eager start ---------------------------------------------------------------------------------
+
+
+def _run_row(url: str, run_id: str) -> list[tuple[Any, ...]]:
+    return _sql(
+        url,
+        f'SELECT fence, lease_expires, wf_ready_at IS NOT NULL FROM "{_schema(url)}".runs'
+        " WHERE run_id = %s",
+        (run_id,),
+    )
+
+
+async def test_create_run_and_claim_is_one_round_trip(url: str) -> None:
+    """One call of ``create_claim``; afterwards the backend knows, without asking, that the run
+    has no history and that the workflow queue holds one more leased task (which a fresh
+    backend object reading the server agrees with), claimable again when its lease expires."""
+    async with _Opened(url) as (b,):
+        assert b.supports_eager_start
+        assert await b.claim_workflow_task(T0, LEASE) is None  # now it trusts "empty"
+        assert await b.fire_due_timers(T0) == 0  # ... of every queue
+        rec = make_record()
+        first = started(rec, 1)
+        calls = _counting(b)
+        run_id, created, got = await b.create_run_and_claim(rec, (first,), T0, LEASE)
+        assert calls == ["create_claim"]
+        assert (run_id, created) == (rec.run_id, True) and got is not None
+        assert (got.lease, got.history_length, got.run) == (1, 0, rec)
+        assert [e.event for e in got.inbox] == [first]
+        assert got.inbox[0].id == _sql(url, f'SELECT max(id) FROM "{_schema(url)}".inbox')[0][0]
+        assert _run_row(url, run_id) == [(1, T0 + LEASE, True)]
+        assert await b.claim_workflow_task(T0 + 1, LEASE) is None
+        assert await b.read_history(run_id) == []
+        st = await b.state(T0 + 1)
+        assert calls == ["create_claim"], "answered from what the backend carried over"
+        assert (st.ready_workflow_tasks, st.leased_workflow_tasks) == (0, 1)
+        async with _Opened(url) as (fresh,):
+            for now in (T0 + 1, T0 + LEASE):
+                assert await b.state(now) == await fresh.state(now), now
+        again = await b.claim_workflow_task(T0 + LEASE, LEASE)  # the lease expired
+        assert again is not None and again.run.run_id == run_id and again.lease == 2
+        # a held key: nothing created, nothing claimed, still one call
+        calls.clear()
+        other = make_record(key="k")
+        assert await b.create_run(other, (started(other),), T0) == (other.run_id, True)
+        dup = make_record(key="k")
+        assert await b.create_run_and_claim(dup, (started(dup),), T0, LEASE) == (
+            other.run_id,
+            False,
+            None,
+        )
+        assert await b.create_run_and_claim(rec, (first,), T0, LEASE) == (run_id, False, None)
+        assert calls == ["create_run", "create_claim", "create_claim"]
+        assert await b.get_run(dup.run_id) is None
+        assert _run_row(url, other.run_id) == [(0, None, True)]  # its task still unclaimed
+
+
+async def test_create_run_and_claim_wakes_nobody_but_others_learn_the_lease(url: str) -> None:
+    """The new task is leased to its creator: no waiter (here or on another backend) wakes for
+    it, but another backend forgets what it knew of the workflow queue (NOTIFY ``l``), so its
+    ``state()`` counts the lease, and it claims the task once the lease expires."""
+    async with _Opened(url, 2) as (a, b):
+        assert await b.claim_workflow_task(T0, LEASE) is None  # b trusts "empty"
+        assert (await b.state(T0)).leased_workflow_tasks == 0
+        woke = {a: anyio.Event(), b: anyio.Event()}
+
+        async def waiter(x: PostgresBackend) -> None:
+            await x.wait(30)
+            woke[x].set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter, a)
+            tg.start_soon(waiter, b)
+            await anyio.sleep(0.2)
+            rec = make_record()
+            _, created, got = await a.create_run_and_claim(rec, (started(rec),), T0, LEASE)
+            assert created and got is not None
+            with anyio.fail_after(5):
+                while (await b.state(T0 + 1)).leased_workflow_tasks != 1:
+                    await anyio.sleep(0.05)
+            await anyio.sleep(0.2)
+            assert not woke[a].is_set() and not woke[b].is_set()
+            tg.cancel_scope.cancel()
+        assert await b.claim_workflow_task(T0 + 1, LEASE) is None
+        late = await b.claim_workflow_task(T0 + LEASE, LEASE)
+        assert late is not None and late.run.run_id == rec.run_id and late.lease == got.lease + 1
+        assert not await a.apply_commit(commit(got, T0 + LEASE)), "the stale eager claim"
+
+
+async def test_a_version_3_store_is_migrated_and_starts_eagerly(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store of schema version 3 (no ``create_claim``) with a run in flight is migrated to
+    version 4 on open; that run carries on, and a new one starts eagerly."""
+    s = _schema(url)
+    monkeypatch.setattr(_pg_schema, "MIGRATIONS", _pg_schema.MIGRATIONS[:3])
+    monkeypatch.setattr(_pg_schema, "SCHEMA_VERSION", 3)
+    async with _Opened(url) as (old,):
+        run_id, _ = await _with_pre_leased(old, 1)
+    monkeypatch.undo()
+    assert _sql(url, f'SELECT max(version) FROM "{s}".schema_version') == [(3,)]
+    fn = f'"{s}".create_claim(jsonb, jsonb, float8, float8, text)'
+    assert _sql(url, "SELECT to_regprocedure(%s) IS NULL", (fn,)) == [(True,)]
+    async with _Opened(url) as (b,):
+        versions = _sql(url, f'SELECT version FROM "{s}".schema_version ORDER BY 1')
+        assert versions == [(v,) for v, _ in _pg_schema.MIGRATIONS] == [(1,), (2,), (3,), (4,)]
+        assert _sql(url, "SELECT to_regprocedure(%s) IS NULL", (fn,)) == [(False,)]
+        settings = _sql(url, "SELECT proconfig FROM pg_proc WHERE oid = to_regprocedure(%s)", (fn,))
+        assert settings == [(["enable_seqscan=off", "plan_cache_mode=force_generic_plan"],)]
+        c = _spec_commit(run_id, T0 + 1, status=RunStatus.COMPLETED, result="done")
+        assert await b.finish_step_and_commit(run_id, 1, TOKEN + 1, c, 0)
+        rec = make_record()
+        _, created, got = await b.create_run_and_claim(rec, (started(rec),), T0 + 2, LEASE)
+        assert created and got is not None and got.lease == 1
+        assert await b.apply_commit(commit(got, T0 + 3, status=RunStatus.COMPLETED, result=1))
+        done = await b.get_run(rec.run_id)
+        assert done is not None and done.status is RunStatus.COMPLETED
+
+
 # -- through Engine and Worker -------------------------------------------------------------------
+
+
+async def test_a_worker_starts_runs_eagerly_on_postgres(url: str) -> None:
+    """``Engine.start`` with a local worker creates each run already claimed for it: no
+    ``create_run`` and no workflow claim of the new runs."""
+    async with plait.Engine(url) as engine:
+        backend = engine.backend
+        assert isinstance(backend, PostgresBackend)
+        async with engine.worker(wf.WORKFLOWS, wf.STEPS, poll_interval=0.2) as w:
+            calls = _counting(backend)
+            handles = [await engine.start(wf.chain, 2) for _ in range(3)]
+            with anyio.fail_after(30):
+                assert [await h.result() for h in handles] == [2, 2, 2]
+            stats = dict(w.stats)
+    assert calls.count("create_claim") == 3 and "create_run" not in calls, calls
+    assert stats["activations"] == 9, stats  # the eager claim's, then one speculation per step
 
 
 async def test_three_worker_processes_share_the_work(url: str, tmp_path: Path) -> None:
