@@ -17,7 +17,8 @@ Key layout under the prefix ``p`` (see docs/backends/redis.md):
 * ``p run:<id>`` hash: the record (``w s c k pr ps pc qu res err ca ct br``; ``x`` = closed),
   ``o`` creation order, ``f`` fencing token, ``q``/``qr`` the queued workflow task's member and
   ready time, ``lx`` the lease expiry while a workflow lease is held, ``cid`` the id of the last
-  commit applied (so a commit re-sent after a lost reply is recognised).
+  commit applied (so a commit re-sent after a lost reply is recognised), ``ec`` the request id
+  of the eager start that created it (likewise).
 * ``p hist:<id>`` list of event JSON; ``p inbox:<id>`` list of ``"<entry id> <event JSON>"``.
 * ``p runs`` zset (all runs), ``p st:<status>``, ``p bywf:<workflow>``, ``p kids:<parent>``:
   run ids scored by creation order, for ``list_runs``.
@@ -453,6 +454,34 @@ wake()
 return reply({nr[1], 1})
 """
 
+# A: run JSON (as for create_run), now, lease expiry, request id. ``create_run``, then the new
+# run's workflow task claimed as ``claim_workflow`` would: {id, 1, claim} or {id, 0, false}.
+# The request id stays in the run hash (``ec``): the same call sent again after its reply was
+# lost answers the same claim while it still holds (the token is the first, never released),
+# else {id, 0, false} as create_run's own resend does. It publishes nothing: the task is leased.
+CREATE_RUN_AND_CLAIM = r"""
+local nr = cjson.decode(A[1])
+local rid = nr[1]
+local rk = runkey(rid)
+local mine = redis.call('HMGET', rk, 'ec', 'f', 'lx')
+if mine[1] == A[4] then
+  if mine[2] ~= '1' or not mine[3] then return reply({rid, 0, false}) end
+  return reply({rid, 1, {rid, 1, redis.call('HGETALL', rk),
+    redis.call('LRANGE', P .. 'inbox:' .. rid, 0, -1), redis.call('LLEN', P .. 'hist:' .. rid)}})
+end
+if nr[3] then
+  local holder = redis.call('HGET', P .. 'keys', nr[3])
+  if holder then return reply({holder, 0, false}) end
+end
+if redis.call('EXISTS', rk) == 1 then return reply({rid, 0, false}) end
+local fields = nr[2]
+fields[#fields + 1] = 'ec'
+fields[#fields + 1] = A[4]
+insert_run(nr, A[2])
+wf_queue(rid, rk, A[2])
+return reply({rid, 1, claim_task(redis.call('HGET', rk, 'q'), A[3])})
+"""
+
 # A: run_id, request id, now, events...
 APPEND_INBOX = r"""
 local rid = A[1]
@@ -634,6 +663,7 @@ return reply(redis.call('HMGET', meta, 'magic', 'version'))
 
 _BODIES = {
     "create_run": CREATE_RUN,
+    "create_run_and_claim": CREATE_RUN_AND_CLAIM,
     "append_inbox": APPEND_INBOX,
     "append_history": APPEND_HISTORY,
     "claim_workflow": CLAIM_WORKFLOW,

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -90,6 +91,10 @@ class RedisBackend:
     supports_speculation = True
     """``finish_step_and_commit``: a run's only step finishes together with the activation it
     causes, in one script (one trip per step)."""
+
+    supports_eager_start = True
+    """``create_run_and_claim``: a run created already claimed for the starting engine's own
+    worker, in one script (no claim trip, no wake-up)."""
 
     def __init__(self, url: str) -> None:
         self._redis, errors = _import_redis()
@@ -348,6 +353,31 @@ class RedisBackend:
         if created:
             self._poke("w")
         return run_id, bool(created)
+
+    async def create_run_and_claim(
+        self, record: RunRecord, inbox: Sequence[Event], now: float, lease_seconds: float
+    ) -> tuple[str, bool, ClaimedRun | None]:
+        """``create_run`` and, if it created the run, ``claim_workflow_task`` of that run, in one
+        script. The task goes from nowhere to leased: nothing became ready, so the script
+        publishes nothing and local waiters are not woken (the queue summary is still learned).
+
+        Sent again after a lost reply (same request id), it creates nothing: it answers the same
+        claim while that still holds (nobody claimed the task since), else (another worker took
+        the task once the lost claim's lease expired) ``(run_id, False, None)``, as a resent
+        ``create_run`` answers. Never two runs."""
+        run_id, created, got = await self._call(
+            "create_run_and_claim",
+            "",
+            "w",
+            now,
+            codec.dumps(codec.new_run(record, inbox)),
+            codec.ts(now),
+            codec.ts(now + lease_seconds),
+            os.urandom(8).hex(),
+        )
+        if not created:
+            return run_id, False, None
+        return run_id, True, _claimed(got)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         if self._shared is not None:

@@ -339,6 +339,93 @@ async def test_a_speculative_commit_resent_after_a_lost_reply_applies_once(url: 
         assert not await b.heartbeat_step(rec.run_id, 1, task.lease, T0 + 2, LEASE)
 
 
+@pytest.mark.parametrize("functions", [True, False], ids=["fcall", "evalsha"])
+async def test_an_eager_start_is_one_quiet_round_trip(url: str, functions: bool) -> None:
+    b = RedisBackend(url) if functions else _scripts_only(url)
+    await b.open()
+    c = _client(url)
+    listener = c.pubsub(ignore_subscribe_messages=True)
+    try:
+        if functions and not b._functions:
+            pytest.skip("a Redis before 7 has no functions")
+        listener.subscribe(f"{b.prefix}wake")  # another process listens: wake-ups are published
+        with anyio.fail_after(5):
+            while not b._subscribed:
+                await anyio.sleep(0.01)
+        trips: list[bytes] = []
+        real = b._trip
+
+        async def counted(packed: bytes, n: int) -> list[Any]:
+            trips.append(packed)
+            return await real(packed, n)
+
+        b._trip = counted  # type: ignore[method-assign]
+        generation = b._wake.generation
+        rec = make_record()
+        run_id, created, got = await b.create_run_and_claim(rec, (started(rec),), T0, LEASE)
+        assert (run_id, created) == (rec.run_id, True) and got is not None and got.lease == 1
+        assert len(trips) == 1, "an eager start took more than one round trip"
+        assert trips[0].split(b"\r\n")[2] == (b"FCALL" if functions else b"EVALSHA")
+        assert b._wake.generation == generation, "an eager start woke local waiters"
+        assert await b.claim_workflow_task(T0, LEASE) is None
+        assert len(trips) == 1, "the claim after an eager start was not answered locally"
+        st = await b.state(T0)
+        assert (st.ready_workflow_tasks, st.leased_workflow_tasks) == (0, 1)
+        await create(b)  # a plain start makes work ready: it publishes
+        messages = []
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # (an ignored subscribe confirmation reads as None)
+            msg = listener.get_message(timeout=0.05)
+            if msg is not None:
+                messages.append(msg)
+        assert len(messages) == 1, f"expected only the plain start's wake-up: {messages}"
+        assert await b.apply_commit(commit(got, events=(ev.Activated(T0),)))
+    finally:
+        listener.close()
+        c.close()
+        await b.close()
+
+
+async def test_an_eager_start_resent_after_a_lost_reply_creates_one_run(url: str) -> None:
+    import redis.exceptions
+
+    from plait.backends import _redis_codec as codec
+
+    async with _Opened(url) as (b,):
+        real = b._trip
+        sent: list[bytes] = []
+
+        async def lossy(packed: bytes, n: int) -> list[Any]:
+            replies = await real(packed, n)
+            sent.append(packed)
+            if len(sent) == 1:
+                raise redis.exceptions.ConnectionError("the reply was lost")
+            return replies
+
+        b._trip = lossy  # type: ignore[method-assign]
+        rec = make_record(key="eager-resent")
+        run_id, created, got = await b.create_run_and_claim(rec, (started(rec),), T0, LEASE)
+        assert len(sent) == 2 and sent[0] == sent[1], "the call was not sent again"
+        assert (run_id, created) == (rec.run_id, True), "the resend did not recognise its run"
+        assert got is not None and got.lease == 1 and got.history_length == 0
+        assert [e.event for e in got.inbox] == [started(rec)]
+        b._trip = real  # type: ignore[method-assign]
+        assert [r.run_id for r in await b.list_runs()] == [rec.run_id]
+        assert await b.apply_commit(commit(got, events=(ev.Activated(T0),)))
+
+        # Resent after the lease expired and another worker claimed the task: nothing created,
+        # no claim (the other worker's holds).
+        other = make_record()
+        args = (codec.dumps(codec.new_run(other, (started(other),))), codec.ts(T0))
+        call = ("create_run_and_claim", "", "w", T0, *args, codec.ts(T0 + LEASE), "req-1")
+        first = await b._call(*call)
+        assert first[:2] == [other.run_id, 1]
+        taken = await claim_run(b, other.run_id, T0 + LEASE)
+        assert await b._call(*call) == [other.run_id, 0, False]
+        assert len(await b.list_runs()) == 2
+        assert await b.apply_commit(commit(taken, T0 + LEASE, events=(ev.Activated(T0),)))
+
+
 async def test_a_closed_run_is_read_from_what_its_commit_returned(url: str) -> None:
     async with _Opened(url) as (b,), _Opened(_elsewhere(url)) as (other,):
         rec = await create(b, key="k-closed")
