@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "RunHandle", "RunInfo", "RunNotFound", "PayloadTooLarge"]
 
 RunInfo = RunRecord
+
+_EAGER_OPEN_MAX = 10_000
 """What ``Engine.get_run`` returns: run_id, workflow, key, status, parent_run_id, result (JSON),
 error (``ErrorInfo``), created_at, closed_at (epoch seconds), and ``continued_to``."""
 
@@ -114,6 +117,8 @@ class Engine:
         self._opened = 0
         self._closed_waiters: dict[str, anyio.Event] = {}
         self._workers: list[Worker] = []  # running local workers that take eager starts
+        # Runs started eagerly whose local close has not been seen (see ``_wait_closed``).
+        self._eager_open: OrderedDict[str, bool] = OrderedDict()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -188,8 +193,13 @@ class Engine:
         actual, _created, claim = await backend.create_run_and_claim(
             record, (started,), now, worker.lease_seconds
         )
-        if claim is not None and not worker._adopt(claim):  # it began to stop meanwhile
-            await self.backend.apply_commit(Commit(run_id=actual, lease=claim.lease, now=now))
+        if claim is not None:
+            if worker._adopt(claim):
+                self._eager_open[actual] = True
+                if len(self._eager_open) > _EAGER_OPEN_MAX:  # runs closed elsewhere, never read
+                    self._eager_open.popitem(last=False)
+            else:  # it began to stop meanwhile
+                await self.backend.apply_commit(Commit(run_id=actual, lease=claim.lease, now=now))
         return RunHandle(self, actual, hint)
 
     def handle(self, run_id: str, workflow: Any = None) -> RunHandle:
@@ -300,6 +310,7 @@ class Engine:
 
     def run_closed(self, run_id: str) -> None:
         """Wake local ``result()`` waiters of ``run_id`` (workers call this after closing it)."""
+        self._eager_open.pop(run_id, None)
         event = self._closed_waiters.pop(run_id, None)
         if event is not None:
             event.set()
@@ -308,14 +319,20 @@ class Engine:
         if self._driver is not None:
             return await self._driver.wait_closed(run_id, timeout)
         deadline = None if timeout is None else anyio.current_time() + timeout
+        # A run this engine started eagerly and its worker has not closed yet is open: the
+        # first read is saved (the worker's close wakes us; polling still covers the rest).
+        skip = self._eager_open.pop(run_id, False)
         while True:
             event = self._closed_waiters.setdefault(run_id, anyio.Event())
-            rec = await self.get_run(run_id)
-            if rec.status is RunStatus.CONTINUED_AS_NEW and rec.continued_to:
-                run_id = rec.continued_to
-                continue
-            if rec.closed:
-                return rec
+            if skip and not event.is_set():
+                skip = False
+            else:
+                rec = await self.get_run(run_id)
+                if rec.status is RunStatus.CONTINUED_AS_NEW and rec.continued_to:
+                    run_id = rec.continued_to
+                    continue
+                if rec.closed:
+                    return rec
             # Woken at once by a worker of this engine; runs closed by other processes are
             # seen by polling at a bounded interval.
             wait = self.close_poll_interval

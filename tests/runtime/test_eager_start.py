@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 
 import plait
@@ -36,6 +37,7 @@ class Counting(MemoryBackend):
         super().__init__()
         self.claims = 0
         self.eager = 0
+        self.reads = 0
 
     async def claim_workflow_task(self, *a: Any, **k: Any) -> Any:
         got = await super().claim_workflow_task(*a, **k)
@@ -46,6 +48,10 @@ class Counting(MemoryBackend):
     async def create_run_and_claim(self, *a: Any, **k: Any) -> Any:
         self.eager += 1
         return await super().create_run_and_claim(*a, **k)
+
+    async def get_run(self, run_id: str) -> Any:
+        self.reads += 1
+        return await super().get_run(run_id)
 
 
 async def test_a_run_started_next_to_a_free_worker_is_never_claimed_from_the_queue() -> None:
@@ -84,3 +90,16 @@ async def test_a_claim_the_worker_cannot_take_is_released_at_once() -> None:
             assert backend.eager == 1
             assert await run.result(timeout=10) == 12  # released, then claimed from the queue
     assert backend.claims == 1
+
+
+async def test_result_of_an_eager_run_reads_it_once_closed() -> None:
+    backend = Counting()
+    async with plait.Engine(backend) as engine:
+        async with engine.worker([twice], [double]):
+            run = await engine.start(twice, 5)
+            assert await run.result(timeout=10) == 20
+            assert backend.reads == 1, "the run was read while it was known to be open"
+            late = await engine.start(twice, 6)
+            while (await engine.get_run(late.run_id)).status is not plait.RunStatus.COMPLETED:
+                await anyio.sleep(0.001)
+            assert await late.result(timeout=10) == 24  # closed before result(): still right
