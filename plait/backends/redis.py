@@ -495,17 +495,22 @@ class RedisBackend:
         answer = await self._call_rows(
             "apply_commit", kinds, kinds, commit.now, *codec.commit_args(commit)
         )
-        return self._applied(commit.run_id, kinds, answer)
+        return self._applied(commit, kinds, answer)
 
-    def _applied(self, run_id: str, kinds: str, answer: tuple[Any, Any]) -> bool:
+    def _applied(self, commit: Commit, kinds: str, answer: tuple[Any, Any]) -> bool:
         """The answer of a commit: 0, 1, or the record of the run it closed (remembered),
-        with summaries of the queues it changed."""
+        with summaries of the queues it changed. Steps it leased to the committer wake no
+        local waiter: their leases expire long after any worker loop polls again."""
         got, rows = answer
         if not got:
             return False
+        run_id = commit.run_id
         if isinstance(got, list) and self._shared is not None:
             self._shared.remember_closed(run_id, codec.record(run_id, codec.pairs(got)))
-        self._poke("".join(k for k, row in zip(kinds, rows, strict=True) if row))
+        own = all(st.lease and st.lease_expires is not None for st in commit.steps)
+        self._poke(
+            "".join(k for k, row in zip(kinds, rows, strict=True) if row and not (own and k == "s"))
+        )
         return True
 
     # -- steps ---------------------------------------------------------------------------------
@@ -590,7 +595,7 @@ class RedisBackend:
             history_length,
             *codec.commit_args(commit, speculative=True),
         )
-        return self._applied(run_id, kinds, answer)
+        return self._applied(commit, kinds, answer)
 
     async def retry_step(
         self, run_id: str, seq: int, lease: int, attempt: int, ready_at: float

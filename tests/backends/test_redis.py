@@ -761,3 +761,25 @@ async def test_an_idle_worker_barely_calls_redis(url: str) -> None:
             assert await (await engine.start(wf.child, 1)).result(timeout=10) == 3
             assert time.monotonic() - t0 < 1.0
     assert idle_calls / 3.0 <= 3.0, f"{idle_calls / 3:.1f} calls/s"
+
+
+async def test_steps_leased_to_their_committer_do_not_wake_its_loop(url: str) -> None:
+    from plait.runtime.worker import Worker
+
+    ticks = 0
+    original = Worker._tick
+
+    async def counting(self: Worker, *args: Any, **kw: Any) -> Any:
+        nonlocal ticks
+        ticks += 1
+        return await original(self, *args, **kw)
+
+    async with plait.Engine(url) as engine:
+        async with engine.worker(wf.WORKFLOWS, wf.STEPS, poll_interval=5.0) as worker:
+            worker._tick = counting.__get__(worker)  # type: ignore[method-assign]
+            await anyio.sleep(0.2)
+            ticks = 0
+            for i in range(10):
+                assert await (await engine.start(wf.child, i)).result(timeout=10) == 2 * i + 1
+    # One wake-up per run (its slot freed); a wake-up per step commit would make it two more.
+    assert ticks <= 15, f"{ticks} loop ticks for 10 runs"
