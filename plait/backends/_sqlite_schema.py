@@ -563,20 +563,21 @@ class DbThread:
             fn, args, skip, done = job
             if skip():
                 continue
+            # Callers hear of their results only after the lock is released: one that goes
+            # on at once with another call finds the thread idle and may run it inline.
             with self._lock:
+                jobs = [job]
                 if self._group is not None and self._groupable is not None and self._groupable(fn):
                     jobs, carry = self._take(job)
-                    if len(jobs) > 1:
-                        outcomes = self._group([(j[0], j[1]) for j in jobs])
-                        for j, (result, exc) in zip(jobs, outcomes, strict=True):
-                            j[3](result, exc)
-                        continue
-                try:
-                    result = fn(*args)
-                except BaseException as exc:  # handed to the caller
-                    done(None, exc)
+                if len(jobs) > 1:
+                    outcomes = self._group([(j[0], j[1]) for j in jobs])
                 else:
-                    done(result, None)
+                    try:
+                        outcomes = [(fn(*args), None)]
+                    except BaseException as exc:  # handed to the caller
+                        outcomes = [(None, exc)]
+            for j, (result, exc) in zip(jobs, outcomes, strict=True):
+                j[3](result, exc)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn`` for the thread without waiting for it (housekeeping)."""
