@@ -196,7 +196,7 @@ def _step_doc(s: StepTask) -> list[Any]:
     """``[run_id, seq, name, args, attempt, ready_at]``, plus ``lease, lease_expires`` for a
     pre-leased step (eager dispatch)."""
     doc = [s.run_id, s.seq, s.name, s.args, s.attempt, s.ready_at]
-    if s.lease and s.lease_expires is not None:
+    if s.pre_leased:
         doc += [s.lease, s.lease_expires]
     return doc
 

@@ -352,27 +352,29 @@ class Store:
     # -- runs ----------------------------------------------------------------------------------
 
     def create_run(self, record: RunRecord, inbox: Sequence[Event], now: float) -> tuple[str, bool]:
+        run_id, ids = self._create(record, inbox, now)
+        return run_id, ids is not None
+
+    def _create(
+        self, record: RunRecord, inbox: Sequence[Event], now: float
+    ) -> tuple[str, list[int] | None]:
+        """``create_run``: the run's id, and its inbox ids (None when nothing was created)."""
         if record.key is not None:
             holder = self._key_holder(record.key)
             if holder is not None:
-                return holder, False
+                return holder, None
         if self._exists(record.run_id):
-            return record.run_id, False
-        self._insert_run(record, inbox, now)
-        return record.run_id, True
+            return record.run_id, None
+        return record.run_id, self._insert_run(record, inbox, now)
 
     def create_run_and_claim(
         self, record: RunRecord, inbox: Sequence[Event], now: float, lease_seconds: float
     ) -> tuple[str, bool, ClaimedRun | None]:
         """``create_run``, then the new run's workflow task claimed (its first claim: the
         fence goes from 0 to 1)."""
-        if record.key is not None:
-            holder = self._key_holder(record.key)
-            if holder is not None:
-                return holder, False, None
-        if self._exists(record.run_id):
-            return record.run_id, False, None
-        ids = self._insert_run(record, inbox, now)
+        run_id, ids = self._create(record, inbox, now)
+        if ids is None:
+            return run_id, False, None
         self._con().execute(
             "UPDATE plait_runs SET fence = 1, lease_expires = ? WHERE run_id = ?",
             (now + lease_seconds, record.run_id),

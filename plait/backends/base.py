@@ -134,6 +134,11 @@ class StepTask:
     lease: int = 0
     lease_expires: float | None = None
 
+    @property
+    def pre_leased(self) -> bool:
+        """Whether a commit hands this step over already leased to the committer."""
+        return bool(self.lease) and self.lease_expires is not None
+
 
 @attrs.frozen
 class Timer:

@@ -133,10 +133,7 @@ class MemoryBackend:
         run_id, created = await self.create_run(record, inbox, now)
         if not created:
             return run_id, False, None
-        self._fence[run_id] += 1
-        self._wf_lease[run_id] = now + lease_seconds
-        claim = ClaimedRun(self._runs[run_id], self._fence[run_id], tuple(self._inbox[run_id]), 0)
-        return run_id, True, claim
+        return run_id, True, self._claim(run_id, now, lease_seconds)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         return self._runs.get(run_id)
@@ -189,7 +186,10 @@ class MemoryBackend:
                     best = (ready_at, order, run_id)
         if best is None:
             return None
-        run_id = best[2]
+        return self._claim(best[2], now, lease_seconds)
+
+    def _claim(self, run_id: str, now: float, lease_seconds: float) -> ClaimedRun:
+        """Lease ``run_id``'s workflow task (the fencing token advances) and snapshot it."""
         self._fence[run_id] += 1
         self._wf_lease[run_id] = now + lease_seconds
         return ClaimedRun(
@@ -328,14 +328,7 @@ class MemoryBackend:
         ready = self._wf_ready.get(run_id)
         if ready is None or ready[0] > now or not self._wf_claimable(run_id, now):
             return True, None
-        self._fence[run_id] += 1
-        self._wf_lease[run_id] = now + lease_seconds
-        return True, ClaimedRun(
-            run=self._runs[run_id],
-            lease=self._fence[run_id],
-            inbox=tuple(self._inbox[run_id]),
-            history_length=len(self._history[run_id]),
-        )
+        return True, self._claim(run_id, now, lease_seconds)
 
     async def finish_step_and_commit(
         self, run_id: str, seq: int, lease: int, commit: Commit, history_length: int

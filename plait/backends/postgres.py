@@ -631,7 +631,8 @@ class PostgresBackend(PgConnections):
             closing = c.status in CLOSED_STATUSES
             if c.steps or gone or (new is None and (closing or "s" in flags)):
                 s_touched = True
-                if new is None or gone or new != len(c.steps) or not all(map(_leased, c.steps)):
+                own = all(st.pre_leased for st in c.steps)
+                if new is None or gone or new != len(c.steps) or not own:
                     s_carry = False
                 else:
                     s_delta += new
@@ -920,7 +921,7 @@ def _within_run(c: Commit) -> bool:
 def _wakes(c: Commit, flags: str) -> bool:
     """Whether a commit made work local claimers may take (or a timer to wait for): steps
     leased to the committer (eager dispatch) are its own to run."""
-    return "w" in flags or "t" in flags or any(not _leased(st) for st in c.steps)
+    return "w" in flags or "t" in flags or any(not st.pre_leased for st in c.steps)
 
 
 def _due(steps: Sequence[StepTask], now: float) -> float:
@@ -929,11 +930,6 @@ def _due(steps: Sequence[StepTask], now: float) -> float:
         (st.ready_at if st.ready_at > now else st.lease_expires or _INF for st in steps),
         default=_INF,
     )
-
-
-def _leased(s: StepTask) -> bool:
-    """A step stored leased to its committer (eager dispatch)."""
-    return bool(s.lease) and s.lease_expires is not None
 
 
 @attrs.frozen

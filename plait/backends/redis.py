@@ -507,7 +507,7 @@ class RedisBackend:
         run_id = commit.run_id
         if isinstance(got, list) and self._shared is not None:
             self._shared.remember_closed(run_id, codec.record(run_id, codec.pairs(got)))
-        own = all(st.lease and st.lease_expires is not None for st in commit.steps)
+        own = all(st.pre_leased for st in commit.steps)
         self._poke(
             "".join(k for k, row in zip(kinds, rows, strict=True) if row and not (own and k == "s"))
         )

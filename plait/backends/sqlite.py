@@ -61,13 +61,9 @@ def _wakes(c: Commit, readings: Readings) -> bool:
     timer, a step not pre-leased to the committer, or a workflow task ready at ``c.now`` (its
     run requeued, or one it delivered to). A commit whose only new work is steps it leased to
     itself wakes nobody (their leases expire long after any waiter polls again)."""
-    if c.timers or any(not _pre_leased(s) for s in c.steps):
+    if c.timers or any(not s.pre_leased for s in c.steps):
         return True
     return readings.get("wf", _INF) <= c.now
-
-
-def _pre_leased(s: StepTask) -> bool:
-    return bool(s.lease) and s.lease_expires is not None
 
 
 _SHARED_HINTS: weakref.WeakValueDictionary[str, Hints] = weakref.WeakValueDictionary()
@@ -304,7 +300,7 @@ class SqliteBackend:
         c = commit
         queues = (
             *(("wf",) if c.deliveries or c.new_runs or c.hooks or c.hook_resumes else ()),
-            *(("steps",) if any(not _pre_leased(s) for s in c.steps) else ()),
+            *(("steps",) if any(not s.pre_leased for s in c.steps) else ()),
             *(("timers",) if c.timers else ()),
         )
         store = self._store
