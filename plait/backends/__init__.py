@@ -16,6 +16,7 @@ from .base import (
     RunRecord,
     SchemaError,
     SpeculativeBackend,
+    StartCommitBackend,
     StepTask,
     Timer,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "RunRecord",
     "SchemaError",
     "SpeculativeBackend",
+    "StartCommitBackend",
     "StepTask",
     "Timer",
 ]

@@ -270,7 +270,7 @@ def commit_args(c: Commit, speculative: bool = False) -> list[str]:
     """The arguments ``apply`` (``_redis_lua``) takes: the commit's head as JSON (parts that are
     empty left out), then each event's JSON, so Lua stores them without decoding them.
     ``speculative``: as with ``lease=None`` and ``inbox_upto=0`` (``finish_step_and_commit``
-    ignores both)."""
+    and ``create_run_and_commit`` ignore both)."""
     head: dict[str, Any] = {
         "id": os.urandom(16).hex(),
         "r": c.run_id,

@@ -482,6 +482,32 @@ wf_queue(rid, rk, A[2])
 return reply({rid, 1, claim_task(redis.call('HGET', rk, 'q'), A[3])})
 """
 
+# A: run JSON (as for create_run, no inbox), commit head JSON (lease -1), events...
+# ``create_run``, then the commit applied to the new run as its first activation. The commit id
+# stays in the run hash (``ec``): the same call sent again after its reply was lost answers
+# {id, 1} again (or the record, if the commit closed the run) and applies nothing twice.
+CREATE_RUN_AND_COMMIT = r"""
+local nr = cjson.decode(A[1])
+local c = cjson.decode(A[2])
+local rid = nr[1]
+local rk = runkey(rid)
+if redis.call('HGET', rk, 'ec') == c.id then
+  if redis.call('HEXISTS', rk, 'x') == 1 then return reply({rid, redis.call('HGETALL', rk)}) end
+  return reply({rid, 1})
+end
+if nr[3] then
+  local holder = redis.call('HGET', P .. 'keys', nr[3])
+  if holder then return reply({holder, 0}) end
+end
+if redis.call('EXISTS', rk) == 1 then return reply({rid, 0}) end
+local fields = nr[2]
+fields[#fields + 1] = 'ec'
+fields[#fields + 1] = c.id
+insert_run(nr, c.now)
+local got, same = apply(c, 3)
+return reply({rid, got}, same)
+"""
+
 # A: run_id, request id, now, events...
 APPEND_INBOX = r"""
 local rid = A[1]
@@ -664,6 +690,7 @@ return reply(redis.call('HMGET', meta, 'magic', 'version'))
 _BODIES = {
     "create_run": CREATE_RUN,
     "create_run_and_claim": CREATE_RUN_AND_CLAIM,
+    "create_run_and_commit": CREATE_RUN_AND_COMMIT,
     "append_inbox": APPEND_INBOX,
     "append_history": APPEND_HISTORY,
     "claim_workflow": CLAIM_WORKFLOW,

@@ -382,6 +382,19 @@ class Store:
         entries = tuple(InboxEntry(i, e) for i, e in zip(ids, inbox, strict=True))
         return record.run_id, True, ClaimedRun(record, 1, entries, 0)
 
+    def create_run_and_commit(
+        self, record: RunRecord, c: Commit, queues: Sequence[str]
+    ) -> tuple[tuple[str, bool], Readings]:
+        """``create_run`` with no inbox, then ``c`` applied to the new run as a forced
+        commit (its first: the fence goes from 0 to 1). Readings of ``queues`` only."""
+        run_id, ids = self._create(record, (), c.now)
+        if ids is None:
+            return (run_id, False), {}
+        row = self._con().execute(COMMIT_RUN, (run_id, 0)).fetchone()
+        rid, status, fence, _, length, more, order = row
+        self._preload(order)
+        return (run_id, True), self._apply(c, rid, status, fence + 1, length, more, 0, queues)
+
     def get_run(self, run_id: str) -> RunRecord | None:
         sql = f"SELECT {RUN_COLS} FROM plait_runs WHERE run_id = ?"
         row = self._con().execute(sql, (run_id,)).fetchone()

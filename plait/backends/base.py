@@ -420,3 +420,29 @@ class EagerStartBackend(Backend, Protocol):
         ``history_length`` is 0). ``(run_id, True, claim)``; or, when nothing was created
         (the key is held, the id exists), ``create_run``'s answer with None."""
         ...
+
+
+@runtime_checkable
+class StartCommitBackend(Backend, Protocol):
+    """The optional start-with-commit extension of ``Backend``.
+
+    A new run's first activation needs nothing from storage: its only input is its
+    ``RunStarted``. An engine whose own worker can take the workflow runs that activation before
+    the run exists and stores both at once: the run is created with its first commit already
+    applied, and the steps that commit leases to the worker run at once. Starting a run then
+    costs one round trip, where eager start (``create_run_and_claim``) costs two. A backend
+    implements it and sets ``supports_start_commit = True``.
+    """
+
+    supports_start_commit: bool
+
+    async def create_run_and_commit(self, record: RunRecord, commit: Commit) -> tuple[str, bool]:
+        """Optional (when ``supports_start_commit``): ``create_run(record, (), commit.now)``
+        and, when it created the run, apply ``commit`` to it in the same atomic step as
+        ``apply_commit`` applies a commit with ``lease=None`` (``commit.lease`` and
+        ``commit.inbox_upto`` are ignored). The history is then ``commit.events`` (a
+        ``RunStarted`` first), the inbox stays empty and no workflow task is queued unless the
+        commit delivers to the run itself. ``(run_id, True)``; or, when nothing was created
+        (the key is held, the id exists), ``create_run``'s answer, with nothing written.
+        ``ValueError`` when ``commit.run_id`` is not ``record.run_id``."""
+        ...

@@ -44,6 +44,7 @@ class MemoryBackend:
     supports_eager = False
     supports_speculation = False
     supports_eager_start = False
+    supports_start_commit = False
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
@@ -135,6 +136,16 @@ class MemoryBackend:
             return run_id, False, None
         return run_id, True, self._claim(run_id, now, lease_seconds)
 
+    async def create_run_and_commit(self, record: RunRecord, commit: Commit) -> tuple[str, bool]:
+        if commit.run_id != record.run_id:
+            raise ValueError(
+                f"the commit is for run {commit.run_id!r}, the record for {record.run_id!r}"
+            )
+        run_id, created = await self.create_run(record, (), commit.now)
+        if created:
+            self._apply(attrs.evolve(commit, lease=None, inbox_upto=0))
+        return run_id, created
+
     async def get_run(self, run_id: str) -> RunRecord | None:
         return self._runs.get(run_id)
 
@@ -216,6 +227,9 @@ class MemoryBackend:
         return True
 
     async def apply_commit(self, c: Commit) -> bool:
+        return self._apply(c)
+
+    def _apply(self, c: Commit) -> bool:
         run = self._runs.get(c.run_id)
         if run is None:
             return False
@@ -345,7 +359,7 @@ class MemoryBackend:
         ):
             return False
         del self._steps[(run_id, seq)]
-        return await self.apply_commit(attrs.evolve(commit, lease=None, inbox_upto=0))
+        return self._apply(attrs.evolve(commit, lease=None, inbox_upto=0))
 
     async def retry_step(
         self, run_id: str, seq: int, lease: int, attempt: int, ready_at: float

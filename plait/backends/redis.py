@@ -96,6 +96,10 @@ class RedisBackend:
     """``create_run_and_claim``: a run created already claimed for the starting engine's own
     worker, in one script (no claim trip, no wake-up)."""
 
+    supports_start_commit = True
+    """``create_run_and_commit``: a run created with its first activation's commit applied, in
+    one script (starting a run costs one trip)."""
+
     def __init__(self, url: str) -> None:
         self._redis, errors = _import_redis()
         self.url = url
@@ -378,6 +382,28 @@ class RedisBackend:
         if not created:
             return run_id, False, None
         return run_id, True, _claimed(got)
+
+    async def create_run_and_commit(self, record: RunRecord, commit: Commit) -> tuple[str, bool]:
+        """``create_run`` and, if it created the run, ``commit`` applied to it, in one script.
+        Sent again after a lost reply (the commit's id is kept in the run), it finds its work
+        done and answers as the first time. Never two runs."""
+        if commit.run_id != record.run_id:
+            raise ValueError(
+                f"the commit is for run {commit.run_id!r}, the record for {record.run_id!r}"
+            )
+        kinds = codec.commit_kinds(commit)
+        (run_id, got), rows = await self._call_rows(
+            "create_run_and_commit",
+            codec.speculative_flags(commit),
+            kinds,
+            commit.now,
+            codec.dumps(codec.new_run(record, ())),
+            *codec.commit_args(commit, speculative=True),
+        )
+        if not got:
+            return run_id, False
+        self._applied(commit, kinds, (got, rows))
+        return run_id, True
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         if self._shared is not None:

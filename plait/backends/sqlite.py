@@ -66,6 +66,16 @@ def _wakes(c: Commit, readings: Readings) -> bool:
     return readings.get("wf", _INF) <= c.now
 
 
+def _unqueued_changes(c: Commit) -> tuple[str, ...]:
+    """The queues a commit to a run that stays unqueued (speculative, or a new run's first)
+    can add claimable work to."""
+    return (
+        *(("wf",) if c.deliveries or c.new_runs or c.hooks or c.hook_resumes else ()),
+        *(("steps",) if any(not s.pre_leased for s in c.steps) else ()),
+        *(("timers",) if c.timers else ()),
+    )
+
+
 _SHARED_HINTS: weakref.WeakValueDictionary[str, Hints] = weakref.WeakValueDictionary()
 _QUEUES = ("wf", "steps", "timers")
 
@@ -78,6 +88,7 @@ class SqliteBackend:
     supports_eager = True
     supports_speculation = True
     supports_eager_start = True
+    supports_start_commit = True
 
     def __init__(self, url: str = "sqlite://:memory:") -> None:
         self.url = url
@@ -296,32 +307,45 @@ class SqliteBackend:
     async def finish_step_and_commit(
         self, run_id: str, seq: int, lease: int, commit: Commit, history_length: int
     ) -> bool:
-        # The run was quiet and stays unqueued: only these effects can add claimable work.
         c = commit
-        queues = (
-            *(("wf",) if c.deliveries or c.new_runs or c.hooks or c.hook_resumes else ()),
-            *(("steps",) if any(not s.pre_leased for s in c.steps) else ()),
-            *(("timers",) if c.timers else ()),
-        )
+        queues = _unqueued_changes(c)
         store = self._store
         ok = await self._commit(
             c, queues, store.finish_step_and_commit, run_id, seq, lease, c, history_length, queues
         )
         if ok:
-            for s in c.steps:
-                if s.lease_expires is not None:
-                    self._hints.lower("steps", s.lease_expires)
-        return ok
+            self._pre_leased(c)
+        return bool(ok)
+
+    async def create_run_and_commit(self, record: RunRecord, commit: Commit) -> tuple[str, bool]:
+        if commit.run_id != record.run_id:
+            raise ValueError(
+                f"the commit is for run {commit.run_id!r}, the record for {record.run_id!r}"
+            )
+        queues = _unqueued_changes(commit)
+        run_id, created = await self._commit(
+            commit, queues, self._store.create_run_and_commit, record, commit, queues
+        )
+        if created:
+            self._pre_leased(commit)
+        return run_id, created
+
+    def _pre_leased(self, c: Commit) -> None:
+        """Steps a commit leased to its committer: claimable again once their leases expire."""
+        for s in c.steps:
+            if s.lease_expires is not None:
+                self._hints.lower("steps", s.lease_expires)
 
     async def _commit(
         self,
         commit: Commit,
         queues: Sequence[str],
-        fn: Callable[..., tuple[bool, Readings]],
+        fn: Callable[..., tuple[Any, Readings]],
         *args: Any,
-    ) -> bool:
-        """Apply ``commit`` with ``fn`` (which returns whether it did, and readings of the
-        ``queues`` it may have added work to), keeping the claim hints right around it."""
+    ) -> Any:
+        """Apply ``commit`` with ``fn`` (which returns whether it did, or ``create_run``'s
+        answer, and readings of the ``queues`` it may have added work to), keeping the claim
+        hints right around it."""
         hints = self._hints
         with self._busy(queues):
             hints.forget(queues)
@@ -334,7 +358,8 @@ class SqliteBackend:
             readings: Readings = dict.fromkeys(queues, -_INF)
             readings.update(found)
             hints.settle(readings, generation, read_at)
-        if ok and _wakes(commit, readings):
+        applied = ok[1] if isinstance(ok, tuple) else ok
+        if applied and _wakes(commit, readings):
             self.notify()
         return ok
 

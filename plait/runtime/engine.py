@@ -188,19 +188,32 @@ class Engine:
         if worker is None:
             actual, _created = await self.backend.create_run(record, (started,), now)
             return RunHandle(self, actual, hint)
-        # Eager start: created already claimed for a local worker with a free slot.
         backend: Any = self.backend
+        first = worker._first_activation(record, started, now)
+        if first is not None:
+            # Start with commit: the run is created with its first activation applied, and
+            # the steps that activation leased to the worker run at once.
+            actual, created = await backend.create_run_and_commit(record, first[1])
+            if created:
+                self._opened_here(actual)
+                await worker._start_committed(record, *first)
+            return RunHandle(self, actual, hint)
+        # Eager start: created already claimed for a local worker with a free slot.
         actual, _created, claim = await backend.create_run_and_claim(
             record, (started,), now, worker.lease_seconds
         )
         if claim is not None:
             if worker._adopt(claim):
-                self._eager_open[actual] = True
-                if len(self._eager_open) > _EAGER_OPEN_MAX:  # runs closed elsewhere, never read
-                    self._eager_open.popitem(last=False)
+                self._opened_here(actual)
             else:  # it began to stop meanwhile
                 await self.backend.apply_commit(Commit(run_id=actual, lease=claim.lease, now=now))
         return RunHandle(self, actual, hint)
+
+    def _opened_here(self, run_id: str) -> None:
+        """A run started eagerly: open, held by a local worker (see ``_wait_closed``)."""
+        self._eager_open[run_id] = True
+        if len(self._eager_open) > _EAGER_OPEN_MAX:  # runs closed elsewhere, never read
+            self._eager_open.popitem(last=False)
 
     def handle(self, run_id: str, workflow: Any = None) -> RunHandle:
         """A handle for an existing run (pass the workflow to decode its result)."""

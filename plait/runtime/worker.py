@@ -102,6 +102,7 @@ class Worker:
         self._running: dict[tuple[str, int], int] = {}
         self._eager = False  # set in __aenter__: the deterministic test mode never uses it
         self._speculative = False  # likewise
+        self._start_commit = False  # likewise
         # Steps that may finish with a speculative activation: the run, its machine, its length.
         self._spec: dict[tuple[str, int], _Spec] = {}
         self.stats = {
@@ -120,7 +121,10 @@ class Worker:
     async def __aenter__(self) -> Worker:
         await self.engine.open()
         self._eager = bool(getattr(self.backend, "supports_eager", False))
-        if getattr(self.backend, "supports_eager_start", False):
+        self._start_commit = self._eager and bool(
+            getattr(self.backend, "supports_start_commit", False)
+        )
+        if self._start_commit or getattr(self.backend, "supports_eager_start", False):
             self.engine._workers.append(self)
         self._speculative = self._eager and bool(
             getattr(self.backend, "supports_speculation", False)
@@ -166,14 +170,53 @@ class Worker:
             not self._stopping and self._inflight < self.concurrency and workflow in self.workflows
         )
 
-    def _adopt(self, claim: ClaimedRun) -> bool:
-        """Run a claim made for this worker elsewhere (eager start); False if stopping."""
+    def _adopt(self, item: ClaimedRun | StepTask) -> bool:
+        """Run, in a slot of its own, a claim made for this worker elsewhere (eager start) or a
+        step a commit leased to it; False if stopping."""
         if self._stopping or self._tg is None:
             return False
         self._inflight += 1
         self._epoch += 1
-        self._tg.start_soon(self._guard, claim)
+        self._tg.start_soon(self._guard, item)
         return True
+
+    async def _release(self, task: StepTask) -> None:
+        """Give back a step leased to this worker that it will not run (it is stopping)."""
+        await self.backend.retry_step(
+            task.run_id, task.seq, task.lease, task.attempt, self.clock.now()
+        )
+
+    def _first_activation(
+        self, record: RunRecord, started: ev.RunStarted, now: float
+    ) -> tuple[Machine, Commit] | None:
+        """A new run's first activation, run before the run exists (start with commit): its
+        machine and commit. None when the backend cannot store it that way, or when the
+        activation fails (the ordinary path then blocks the run as usual)."""
+        if not self._start_commit:
+            return None
+        machine = Machine(self.workflows[record.workflow])
+        try:
+            commands = machine.activate([started], now)
+        except _BLOCKING:
+            return None
+        commit = build_commit(
+            record,
+            None,
+            now,
+            machine.new_events,
+            commands,
+            0,
+            self.engine.new_seed,
+            self._leaser(now, held=0),
+        )
+        return machine, commit
+
+    async def _start_committed(self, record: RunRecord, machine: Machine, commit: Commit) -> None:
+        """Take over a run created with its first commit (``_first_activation``)."""
+        self._epoch += 1
+        step = await self._committed(record, machine, commit)
+        if step is not None and not self._adopt(step):
+            await self._release(step)
 
     async def requeue_blocked(self) -> int:
         """Queue every blocked run once: a new deploy may replay it cleanly."""
@@ -340,11 +383,11 @@ class Worker:
         """Run one claimed step task (no eager follow-up: claim order is kept)."""
         await self._run_step(task, eager=False)
 
-    def _leaser(self, now: float) -> Callable[[], tuple[int, float] | None]:
+    def _leaser(self, now: float, held: int = 1) -> Callable[[], tuple[int, float] | None]:
         """Leases for the steps a commit schedules, handed to this worker up to its free
-        slots, so they run without a claim round trip (only on backends with
-        ``supports_eager``); None once the slots are used up."""
-        budget = self.concurrency - self._inflight + 1
+        slots (and the ``held`` one of the activation), so they run without a claim round trip
+        (only on backends with ``supports_eager``); None once the slots are used up."""
+        budget = self.concurrency - self._inflight + held
         expires = now + self.step_lease_seconds
 
         def lease() -> tuple[int, float] | None:
@@ -426,9 +469,8 @@ class Worker:
             # The run waits on this one step: its result can carry the next activation.
             self._spec[(run.run_id, leased[0].seq)] = (run, machine, len(machine.history))
         for st in leased[1:]:  # the others get slots of their own
-            self._inflight += 1
-            assert self._tg is not None
-            self._tg.start_soon(self._guard, st)
+            if not self._adopt(st):
+                await self._release(st)
         return leased[0]
 
     async def _speculate(

@@ -39,6 +39,8 @@ from ._conformance_queues import *  # noqa: F403
 from ._conformance_queues import __all__ as _queue_tests
 from ._conformance_speculation import *  # noqa: F403
 from ._conformance_speculation import __all__ as _speculation_tests
+from ._conformance_start_commit import *  # noqa: F403
+from ._conformance_start_commit import __all__ as _start_commit_tests
 from ._conformance_store import *  # noqa: F403
 from ._conformance_store import __all__ as _store_tests
 from ._conformance_support import anyio_backend, conformance_backend, conformance_url
@@ -53,12 +55,13 @@ TESTS: tuple[str, ...] = (
     *_eager_tests,
     *_speculation_tests,
     *_eager_start_tests,
+    *_start_commit_tests,
 )
 """The names of the conformance tests, in suite order."""
 
-OPTIONAL: tuple[str, ...] = (*_speculation_tests, *_eager_start_tests)
+OPTIONAL: tuple[str, ...] = (*_speculation_tests, *_eager_start_tests, *_start_commit_tests)
 """The tests of optional extensions, skipped for a backend without them (speculation, eager
-start)."""
+start, start with commit)."""
 
 __all__ = [
     "pytestmark",

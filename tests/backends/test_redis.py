@@ -426,6 +426,73 @@ async def test_an_eager_start_resent_after_a_lost_reply_creates_one_run(url: str
         assert await b.apply_commit(commit(taken, T0 + LEASE, events=(ev.Activated(T0),)))
 
 
+async def test_a_start_with_commit_resent_after_a_lost_reply_creates_one_run(url: str) -> None:
+    import redis.exceptions
+
+    async with _Opened(url) as (b,):
+        real = b._trip
+        sent: list[bytes] = []
+
+        async def lossy(packed: bytes, n: int) -> list[Any]:
+            replies = await real(packed, n)
+            sent.append(packed)
+            if len(sent) == 1:
+                raise redis.exceptions.ConnectionError("the reply was lost")
+            return replies
+
+        b._trip = lossy  # type: ignore[method-assign]
+        rec = make_record(key="commit-resent")
+        pre = StepTask(rec.run_id, 1, "s", [1], 1, T0, 99, T0 + LEASE)
+        events = (started(rec), ev.Activated(T0), ev.StepScheduled(1, "s", [1]))
+        c = Commit(run_id=rec.run_id, lease=None, now=T0, events=events, steps=(pre,))
+        assert await b.create_run_and_commit(rec, c) == (rec.run_id, True)
+        assert len(sent) == 2 and sent[0] == sent[1], "the call was not sent again"
+        b._trip = real  # type: ignore[method-assign]
+        assert [r.run_id for r in await b.list_runs()] == [rec.run_id]
+        assert await b.read_history(rec.run_id) == list(events), "the commit applied twice"
+        assert await b.heartbeat_step(rec.run_id, 1, 99, T0, LEASE)
+
+        # A run that closed at once: the resend answers with its record, nothing twice.
+        done = make_record(key="closed-resent")
+        closes = Commit(
+            run_id=done.run_id,
+            lease=None,
+            now=T0,
+            events=(started(done), ev.Activated(T0)),
+            status=RunStatus.COMPLETED,
+            result=7,
+        )
+        sent.clear()
+        b._trip = lossy  # type: ignore[method-assign]
+        assert await b.create_run_and_commit(done, closes) == (done.run_id, True)
+        b._trip = real  # type: ignore[method-assign]
+        got = await b.get_run(done.run_id)
+        assert got is not None and got.status is RunStatus.COMPLETED and got.result == 7
+        assert len(await b.read_history(done.run_id)) == 2
+
+
+async def test_a_start_with_commit_is_one_quiet_round_trip(url: str) -> None:
+    async with _Opened(url) as (b,):
+        trips: list[bytes] = []
+        real = b._trip
+
+        async def counted(packed: bytes, n: int) -> list[Any]:
+            trips.append(packed)
+            return await real(packed, n)
+
+        b._trip = counted  # type: ignore[method-assign]
+        generation = b._wake.generation
+        rec = make_record()
+        pre = StepTask(rec.run_id, 1, "s", [1], 1, T0, 5, T0 + LEASE)
+        events = (started(rec), ev.Activated(T0), ev.StepScheduled(1, "s", [1]))
+        c = Commit(run_id=rec.run_id, lease=None, now=T0, events=events, steps=(pre,))
+        assert await b.create_run_and_commit(rec, c) == (rec.run_id, True)
+        assert len(trips) == 1, "a start with commit took more than one round trip"
+        assert b._wake.generation == generation, "a start with commit woke local waiters"
+        assert await b.claim_workflow_task(T0, LEASE) is None, "the new run was queued"
+        assert await b.claim_step_tasks(T0, 5, LEASE) == [], "its pre-leased step was claimable"
+
+
 async def test_a_closed_run_is_read_from_what_its_commit_returned(url: str) -> None:
     async with _Opened(url) as (b,), _Opened(_elsewhere(url)) as (other,):
         rec = await create(b, key="k-closed")
