@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import json.encoder
-import os
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -272,7 +272,7 @@ def commit_args(c: Commit, speculative: bool = False) -> list[str]:
     ``speculative``: as with ``lease=None`` and ``inbox_upto=0`` (``finish_step_and_commit``
     and ``create_run_and_commit`` ignore both)."""
     head: dict[str, Any] = {
-        "id": os.urandom(16).hex(),
+        "id": f"{random.getrandbits(128):032x}",  # unique, not secret: no syscall
         "r": c.run_id,
         "l": -1 if c.lease is None or speculative else c.lease,
         "now": ts(c.now),

@@ -114,9 +114,14 @@ def encode(value: Any, hint: Any = Any, path: str = "value") -> JSON:
     return _jsonable(raw, path)
 
 
+_PLAIN = (int, str, float, bool)
+
+
 def decode(data: JSON, hint: Any = Any, path: str = "value") -> Any:
     """Structure JSON-safe ``data`` into ``hint``."""
     if hint is Any or hint is None or hint is inspect.Parameter.empty or hint is object:
+        return data
+    if type(data) is hint and hint in _PLAIN:  # already what it should be: cattrs would copy it
         return data
     try:
         return payload_converter.structure(data, hint)
@@ -250,14 +255,21 @@ def _is_list(hint: Any) -> bool:
 _history_converter.register_structure_hook_func(_is_list, _exactly(list))
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def event_to_dict(event: ev.Event) -> dict[str, JSON]:
     """Encode one event as a dict tagged with ``"type"``."""
-    data: dict[str, JSON] = {"type": type(event).__name__}
-    for a in attrs.fields(type(event)):  # type: ignore[arg-type]
-        value = getattr(event, a.name)
+    cls = type(event)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:  # once per event class: attrs' field lookup costs more than the copy
+        names = _FIELD_NAMES[cls] = tuple(a.name for a in attrs.fields(cls))  # type: ignore[arg-type]
+    data: dict[str, JSON] = {"type": cls.__name__}
+    for name in names:
+        value = getattr(event, name)
         if isinstance(value, ErrorInfo):
             value = attrs.asdict(value)
-        data[a.name] = value
+        data[name] = value
     return data
 
 

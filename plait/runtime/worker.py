@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import secrets
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 __all__ = ["Worker"]
 
 log = logging.getLogger("plait.worker")
+
+# Step lease tokens fence workers out, they guard no secret: the module's generator (seeded
+# from the OS, reseeded in a forked child) is enough, and far cheaper than ``secrets``.
+_tokens = random
 
 _BLOCKING = (NonDeterminismError, FatalError, WorkflowError, AssertionError)
 
@@ -395,7 +399,7 @@ class Worker:
             if budget <= 0:
                 return None
             budget -= 1
-            return secrets.randbits(62) | 1, expires
+            return _tokens.getrandbits(62) | 1, expires
 
         return lease
 
