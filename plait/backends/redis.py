@@ -611,6 +611,10 @@ class RedisBackend:
         kinds = codec.commit_kinds(commit)
         if "s" not in kinds:  # the finished step leaves the step queue
             kinds = "ws" + kinds[1:]
+        elif len(commit.steps) == 1 and commit.steps[0].pre_leased and not codec.closing(commit):
+            # One held step for another: nothing became ready and as many are leased, so what
+            # is known of the steps still holds (its next due time is at worst too early).
+            kinds = kinds.replace("s", "")
         answer = await self._call_rows(
             "finish_step_and_commit",
             codec.speculative_flags(commit),

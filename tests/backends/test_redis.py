@@ -426,6 +426,31 @@ async def test_an_eager_start_resent_after_a_lost_reply_creates_one_run(url: str
         assert await b.apply_commit(commit(taken, T0 + LEASE, events=(ev.Activated(T0),)))
 
 
+async def test_state_stays_right_across_speculations_that_hand_over_one_step(url: str) -> None:
+    async with _Opened(url) as (b,):
+        with anyio.fail_after(5):  # summaries are trusted only with a live subscription
+            while not b._subscribed:
+                await anyio.sleep(0.01)
+        rec = await start_with(b, steps=(StepTask("", 1, "s", [], 1, T0),))
+        (task,) = await b.claim_step_tasks(T0, 5, LEASE)
+        for seq in range(2, 5):  # each commit finishes one held step and leases the next
+            length = len(await b.read_history(rec.run_id))
+            expires = T0 + seq + LEASE
+            nxt = StepTask(rec.run_id, seq, "s", [], 1, T0 + seq, 100 + seq, expires)
+            events = (ev.StepCompleted(seq - 1, "r"), ev.Activated(T0 + seq))
+            c = Commit(run_id=rec.run_id, lease=0, now=T0 + seq, events=events, steps=(nxt,))
+            assert await b.finish_step_and_commit(rec.run_id, seq - 1, task.lease, c, length)
+            task = nxt
+            st = await b.state(T0 + seq)
+            assert (st.ready_steps, st.leased_steps) == (0, 1), f"after step {seq - 1}"
+            assert st.next_due is not None and st.next_due <= expires
+        assert await b.claim_step_tasks(T0 + 5, 5, LEASE) == []
+        st = await b.state(T0 + 4 + LEASE)  # the last lease expired: its step is ready again
+        assert (st.ready_steps, st.leased_steps) == (1, 0)
+        (again,) = await b.claim_step_tasks(T0 + 4 + LEASE, 5, LEASE)
+        assert again.seq == 4
+
+
 async def test_a_start_with_commit_resent_after_a_lost_reply_creates_one_run(url: str) -> None:
     import redis.exceptions
 
