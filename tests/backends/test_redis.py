@@ -221,6 +221,33 @@ def _scripts_only(url: str) -> RedisBackend:
     return b
 
 
+async def test_script_replies_of_any_size_and_errors_read_off_the_stream(url: str) -> None:
+    async with _Opened(url) as (b,):
+        big = "é" * 70_000 + "\r\n$5\r\n" + "x" * 70_000  # over one read, with RESP look-alikes
+        rec = make_record()
+        assert await b.create_run(rec, (started(rec, big),), T0) == (rec.run_id, True)
+        got = await claim_run(b, rec.run_id)
+        assert got.inbox[0].event == started(rec, big)
+        with pytest.raises(b._response_error, match="nil value"):
+            await b._call("get_run", "", "", 0.0)  # the script fails: an error reply
+        assert await b.get_run(rec.run_id) is not None, "the connection did not survive it"
+        conn = b._free[-1]
+        real_parse = conn._parser.parse_error
+        parsed: list[str] = []
+
+        def loading_once(text: str) -> Exception:
+            parsed.append(text)  # the first error reads as LOADING, a redis ConnectionError
+            return b._errors.BusyLoadingError("LOADING") if len(parsed) == 1 else real_parse(text)
+
+        conn._parser.parse_error = loading_once
+        with pytest.raises(b._response_error, match="nil value"):  # LOADING retried, then this
+            await b._call("get_run", "", "", 0.0)
+        assert len(parsed) == 2
+        assert len({id(c) for c in b._free}) == len(b._free), "a connection was freed twice"
+        conn._writer.transport.abort()  # the connection breaks between calls
+        assert await b.get_run(rec.run_id) is not None, "a broken connection was not retried"
+
+
 async def test_scripts_are_reloaded_after_script_flush(url: str) -> None:
     b = _scripts_only(url)
     await b.open()
@@ -355,9 +382,9 @@ async def test_an_eager_start_is_one_quiet_round_trip(url: str, functions: bool)
         trips: list[bytes] = []
         real = b._trip
 
-        async def counted(packed: bytes, n: int) -> list[Any]:
+        async def counted(packed: bytes, n: int, *more: Any) -> list[Any]:
             trips.append(packed)
-            return await real(packed, n)
+            return await real(packed, n, *more)
 
         b._trip = counted  # type: ignore[method-assign]
         generation = b._wake.generation
@@ -395,8 +422,8 @@ async def test_an_eager_start_resent_after_a_lost_reply_creates_one_run(url: str
         real = b._trip
         sent: list[bytes] = []
 
-        async def lossy(packed: bytes, n: int) -> list[Any]:
-            replies = await real(packed, n)
+        async def lossy(packed: bytes, n: int, *more: Any) -> list[Any]:
+            replies = await real(packed, n, *more)
             sent.append(packed)
             if len(sent) == 1:
                 raise redis.exceptions.ConnectionError("the reply was lost")
@@ -458,8 +485,8 @@ async def test_a_start_with_commit_resent_after_a_lost_reply_creates_one_run(url
         real = b._trip
         sent: list[bytes] = []
 
-        async def lossy(packed: bytes, n: int) -> list[Any]:
-            replies = await real(packed, n)
+        async def lossy(packed: bytes, n: int, *more: Any) -> list[Any]:
+            replies = await real(packed, n, *more)
             sent.append(packed)
             if len(sent) == 1:
                 raise redis.exceptions.ConnectionError("the reply was lost")
@@ -501,9 +528,9 @@ async def test_a_start_with_commit_is_one_quiet_round_trip(url: str) -> None:
         trips: list[bytes] = []
         real = b._trip
 
-        async def counted(packed: bytes, n: int) -> list[Any]:
+        async def counted(packed: bytes, n: int, *more: Any) -> list[Any]:
             trips.append(packed)
-            return await real(packed, n)
+            return await real(packed, n, *more)
 
         b._trip = counted  # type: ignore[method-assign]
         generation = b._wake.generation
@@ -528,9 +555,9 @@ async def test_a_closed_run_is_read_from_what_its_commit_returned(url: str) -> N
         trips: list[Any] = []
         real = b._trip
 
-        async def counted(packed: bytes, n: int) -> list[Any]:
+        async def counted(packed: bytes, n: int, *more: Any) -> list[Any]:
             trips.append(packed)
-            return await real(packed, n)
+            return await real(packed, n, *more)
 
         b._trip = counted  # type: ignore[method-assign]
         mine = await b.get_run(rec.run_id)
