@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import attrs
 
-from ._pg_sql import V1, V2, V3, V4
+from ._pg_sql import V1, V2, V3, V4, V5
 from .base import BackendError, SchemaError
 
 __all__ = [
@@ -88,7 +88,7 @@ def quote_ident(name: str) -> str:
 
 
 # (version, script): applied in order inside one transaction under an advisory lock.
-MIGRATIONS: list[tuple[int, str]] = [(1, V1), (2, V2), (3, V3), (4, V4)]
+MIGRATIONS: list[tuple[int, str]] = [(1, V1), (2, V2), (3, V3), (4, V4), (5, V5)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -14,7 +14,7 @@ back and the client retries it.
 
 from __future__ import annotations
 
-__all__ = ["V1", "V2", "V3", "V4"]
+__all__ = ["V1", "V2", "V3", "V4", "V5"]
 
 # -- schema version 1 -----------------------------------------------------------------------
 # {s} is the quoted schema, {chan} the NOTIFY channel (a literal; the schema name is
@@ -1531,5 +1531,80 @@ END $$;
 
 ALTER FUNCTION {s}.create_claim(jsonb, jsonb, float8, float8, text) SET enable_seqscan = off;
 ALTER FUNCTION {s}.create_claim(jsonb, jsonb, float8, float8, text)
+    SET plan_cache_mode = force_generic_plan;
+"""
+
+# -- schema version 5: start with commit ------------------------------------------------------
+# No table changes. ``create_run_and_commit``: a run created with its first activation's commit
+# already applied, in one call (create_commit). Versions 1 to 4 keep their functions, arguments
+# and results.
+
+V5 = r"""
+-- create_commit: create_run with an empty inbox and, when it created the run, c applied to it
+-- in the same transaction as a forced commit is applied (the client sends c with a null lease
+-- and inbox_upto 0): its first, so the fence goes from 0 to 1. commit_run applies c when it has
+-- "own" (it writes to its run only); otherwise commit_one does, after p_lock (the other
+-- existing runs c writes to, sorted) are locked, in that order, as a batch locks its runs. The
+-- new run's row is the transaction's own until it commits: nobody else can lock or claim it.
+-- actual and created as create_run's; when created, flags, steps_new and steps_gone as
+-- commit_run's (from commit_one: its flags, both counts null). When nothing was created (the
+-- key is held, the id exists) nothing is written, not even c's steps, deliveries or new runs,
+-- and flags is null. The run has no workflow task queued unless c delivers to it (then flags
+-- has 'w'). NOTIFY: c's flags, when there are any, as a commit raises them but without 'r':
+-- nobody remembers the record of a run that did not exist.
+CREATE FUNCTION {s}.create_commit(r jsonb, c jsonb, p_lock text[], p_origin text,
+                                  OUT actual text, OUT created boolean, OUT flags text,
+                                  OUT steps_new integer, OUT steps_gone integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run text := r->>'run_id';
+    v_key text := r->>'key';
+    v record;
+BEGIN
+    created := false;
+    IF cardinality(p_lock) > 0 THEN
+        PERFORM 1 FROM {s}.runs WHERE run_id = ANY(p_lock) ORDER BY run_id FOR NO KEY UPDATE;
+    END IF;
+    LOOP
+        INSERT INTO {s}.runs (run_id, workflow, status, created_at, key, parent_run_id,
+                              parent_seq, parent_close, queue, result, error, closed_at,
+                              continued_to, block_reason)
+        VALUES (v_run, r->>'workflow', r->>'status', (r->>'created_at')::float8, v_key,
+                r->>'parent_run_id', (r->>'parent_seq')::integer, r->>'parent_close',
+                r->>'queue', nullif(r->'result', 'null'), nullif(r->'error', 'null'),
+                (r->>'closed_at')::float8, r->>'continued_to', r->>'block_reason')
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            actual := v_run;
+            created := true;
+            IF c ? 'own' THEN
+                v := {s}.commit_run(c);
+                flags := v.flags;
+                steps_new := v.steps_new;
+                steps_gone := v.steps_gone;
+            ELSE
+                flags := {s}.commit_one(c);
+            END IF;
+            IF flags <> '' THEN
+                PERFORM {s}.wake(flags, p_origin);
+            END IF;
+            RETURN;
+        END IF;
+        IF v_key IS NOT NULL THEN
+            SELECT n.run_id INTO actual FROM {s}.runs n WHERE n.key = v_key AND NOT n.closed;
+            IF FOUND THEN
+                RETURN;
+            END IF;
+        END IF;
+        IF EXISTS (SELECT 1 FROM {s}.runs n WHERE n.run_id = v_run) THEN
+            actual := v_run;
+            RETURN;
+        END IF;
+        -- the key holder closed in between: try again
+    END LOOP;
+END $$;
+
+ALTER FUNCTION {s}.create_commit(jsonb, jsonb, text[], text) SET enable_seqscan = off;
+ALTER FUNCTION {s}.create_commit(jsonb, jsonb, text[], text)
     SET plan_cache_mode = force_generic_plan;
 """

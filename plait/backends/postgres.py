@@ -15,7 +15,9 @@ committed pre-leased, and ``finish_step_and_claim``; and the optional speculativ
 (``supports_speculation``): ``finish_step_and_commit`` finishes a step and applies the commit of
 the activation it causes in one transaction, travelling with the commits (group commit); and
 the optional eager start (``supports_eager_start``): ``create_run_and_claim`` creates a run with
-its workflow task claimed, in one call of ``create_claim``.
+its workflow task claimed, in one call of ``create_claim``; and the optional start with commit
+(``supports_start_commit``): ``create_run_and_commit`` creates a run with its first commit
+applied, in one call of ``create_commit``.
 
 Wake-ups: a write that creates ready work sends ``NOTIFY <schema>_work`` (payload: what changed
 -- ``w`` workflow tasks, ``s`` steps, ``t`` timers, ``r`` a run record -- and the writer's
@@ -100,6 +102,7 @@ class PostgresBackend(PgConnections):
     supports_eager = True
     supports_speculation = True
     supports_eager_start = True
+    supports_start_commit = True
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -142,6 +145,8 @@ class PostgresBackend(PgConnections):
             "create_run": f"SELECT {s}.create_run(%s::jsonb, %s::jsonb, %s::float8, %s)",
             "create_claim": f"SELECT actual, created, run::text, inbox::text FROM {s}.create_claim("
             "%s::jsonb, %s::jsonb, %s::float8, %s::float8, %s)",
+            "create_commit": "SELECT actual, created, flags, steps_new, steps_gone FROM"
+            f" {s}.create_commit(%s::jsonb, %s::jsonb, %s::text[], %s)",
             "get_run": f"SELECT {RUN_COLS} FROM {s}.runs WHERE run_id = %s",
             "history": f"SELECT coalesce(json_agg(event ORDER BY pos), '[]') FROM {s}.history"
             " WHERE run_id = %s",
@@ -349,6 +354,59 @@ class PostgresBackend(PgConnections):
         if not self._carry("w", w0, wgen, int(queued), now + lease_seconds if queued else _INF):
             self._invalidate("w")
         return actual, True, claimed
+
+    async def create_run_and_commit(self, record: RunRecord, commit: Commit) -> tuple[str, bool]:
+        """``create_run`` and, when it created the run, ``commit`` applied to it as a forced
+        commit, in one call of ``create_commit``. Not retried after a lost connection (like
+        every write that is not idempotent): the call raises, and the run may exist."""
+        if commit.run_id != record.run_id:
+            raise ValueError(
+                f"the commit is for run {commit.run_id!r}, the record for {record.run_id!r}"
+            )
+        self._waker.unwatch()
+        c = attrs.evolve(commit, lease=None, inbox_upto=0)
+        now = c.now
+        s0, sgen = self._trusted("s", now), self._gen["s"]
+        locks: set[str] = set()
+        commit_locks(c, locks)
+        locks.discard(c.run_id)  # not there yet: the call inserts it
+        try:
+            actual, created, flags, new, gone = await self._run(
+                "create_commit",
+                (dumps(rec_doc(record)), commit_doc(c, _within_run(c)), sorted(locks))
+                + (self._origin,),
+                safe=False,
+            )
+        except BaseException:
+            self._commit_failed([c])
+            raise
+        if not created:
+            return actual, False  # nothing written
+        flags = flags or ""
+        if self._listening:
+            self._keep_record(record)
+        self._committed(c)  # the kept record updated as a commit updates it
+        # What the new run did to the queues. Its workflow task: none queued and no lease
+        # held, unless the commit delivered to it ("w", with deliveries elsewhere and new
+        # runs). Its steps: new rows; all leased to the caller (eager dispatch) and so none
+        # claimable before those leases pass, or we ask again. Its timers: asked again.
+        if "w" in flags:
+            self._invalidate("w")
+        if "t" in flags:
+            self._invalidate("t")
+        if c.steps or gone or (new is None and (c.status in CLOSED_STATUSES or "s" in flags)):
+            own = all(st.pre_leased for st in c.steps)
+            if (
+                new is None
+                or gone
+                or new != len(c.steps)
+                or not own
+                or not self._carry("s", s0, sgen, new, _due(c.steps, now))
+            ):
+                self._invalidate("s")
+        if _wakes(c, flags):
+            self._waker.notify()
+        return actual, True
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         waker = self._waker

@@ -19,11 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 import plait
 from plait.backends import _pg_schema
-from plait.backends.base import BackendError, Commit, Delivery, HookReg, SchemaError, StepTask
+from plait.backends.base import (
+    BackendError,
+    Commit,
+    Delivery,
+    HookReg,
+    NewRun,
+    RunRecord,
+    SchemaError,
+    StepTask,
+    Timer,
+)
 from plait.kernel import events as ev
 from plait.kernel.codec import event_from_dict
 from plait.kernel.status import RunStatus
@@ -792,7 +803,8 @@ async def test_a_version_2_store_is_migrated_and_speculates(
     assert _sql(url, "SELECT to_regprocedure(%s) IS NULL", (spec,)) == [(True,)]
     async with _Opened(url) as (b,):
         versions = _sql(url, f'SELECT version FROM "{s}".schema_version ORDER BY 1')
-        assert versions == [(v,) for v, _ in _pg_schema.MIGRATIONS] == [(1,), (2,), (3,), (4,)]
+        assert versions == [(v,) for v, _ in _pg_schema.MIGRATIONS]
+        assert versions == [(1,), (2,), (3,), (4,), (5,)]
         assert _sql(url, "SELECT to_regprocedure(%s) IS NULL", (spec,)) == [(False,)]
         c = _spec_commit(run_id, T0 + 1, status=RunStatus.COMPLETED, result="done")
         assert await b.finish_step_and_commit(run_id, 1, TOKEN + 1, c, 0)
@@ -955,7 +967,8 @@ async def test_a_version_3_store_is_migrated_and_starts_eagerly(
     assert _sql(url, "SELECT to_regprocedure(%s) IS NULL", (fn,)) == [(True,)]
     async with _Opened(url) as (b,):
         versions = _sql(url, f'SELECT version FROM "{s}".schema_version ORDER BY 1')
-        assert versions == [(v,) for v, _ in _pg_schema.MIGRATIONS] == [(1,), (2,), (3,), (4,)]
+        assert versions == [(v,) for v, _ in _pg_schema.MIGRATIONS]
+        assert versions == [(1,), (2,), (3,), (4,), (5,)]
         assert _sql(url, "SELECT to_regprocedure(%s) IS NULL", (fn,)) == [(False,)]
         settings = _sql(url, "SELECT proconfig FROM pg_proc WHERE oid = to_regprocedure(%s)", (fn,))
         assert settings == [(["enable_seqscan=off", "plan_cache_mode=force_generic_plan"],)]
@@ -969,12 +982,235 @@ async def test_a_version_3_store_is_migrated_and_starts_eagerly(
         assert done is not None and done.status is RunStatus.COMPLETED
 
 
+# -- start with commit ---------------------------------------------------------------------------
+
+
+def _first_commit(rec: RunRecord, now: float = T0, **fields: Any) -> Commit:
+    """The commit of ``rec``'s first activation, as ``Engine.start`` sends it."""
+    fields.setdefault("events", (started(rec), ev.Activated(now)))
+    fields.setdefault("status", RunStatus.RUNNING)
+    return Commit(run_id=rec.run_id, lease=None, now=now, **fields)
+
+
+def _store(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table of the store but ``listeners``, to compare before and after."""
+    s = _schema(url)
+    order = {
+        "runs": "run_id",
+        "history": "run_id, pos",
+        "inbox": "id",
+        "steps": "run_id, seq",
+        "timers": "run_id, seq",
+        "hooks": "token",
+    }
+    return {t: _sql(url, f'SELECT * FROM "{s}".{t} ORDER BY {o}') for t, o in order.items()}
+
+
+async def test_create_run_and_commit_is_one_round_trip(url: str) -> None:
+    """One call of ``create_commit`` stores the run with its first commit applied: fence 1 (0
+    bumped once), no lease, no workflow task, its pre-leased step stored leased. Afterwards the
+    backend knows without asking that nothing became claimable and that one more step is leased
+    until its lease ends (a fresh backend object reading the server agrees), and keeps the
+    run's record; another backend learns of the step through NOTIFY."""
+    async with _Opened(url, 2) as (b, other):
+        assert b.supports_start_commit
+        for x in (b, other):
+            assert await x.claim_workflow_task(T0, LEASE) is None  # now it trusts "empty"
+            assert await x.claim_step_tasks(T0, 10, LEASE) == []  # ... of every queue
+            assert await x.fire_due_timers(T0) == 0
+        assert (await other.state(T0)).leased_steps == 0
+        rec = make_record(key="started-with-a-commit")
+        events = (started(rec), ev.Activated(T0), ev.StepScheduled(1, "s", [1]))
+        c = _first_commit(rec, events=events, steps=(_pre(rec.run_id, 1),))
+        calls = _counting(b)
+        gen = b._waker.gen
+        assert await b.create_run_and_commit(rec, c) == (rec.run_id, True)
+        assert calls == ["create_commit"]
+        assert b._waker.gen == gen, "a step leased to the caller woke local waiters"
+        assert _run_row(url, rec.run_id) == [(1, None, False)]
+        steps = _sql(
+            url,
+            f'SELECT seq, lease, lease_expires FROM "{_schema(url)}".steps WHERE run_id = %s',
+            (rec.run_id,),
+        )
+        assert steps == [(1, TOKEN + 1, T0 + LEASE)]
+        assert _sql(url, f'SELECT count(*) FROM "{_schema(url)}".inbox') == [(0,)]
+        assert await b.claim_workflow_task(T0 + 1, LEASE) is None
+        assert await b.claim_step_tasks(T0 + 1, 10, LEASE) == []
+        st = await b.state(T0 + 1)
+        got = await b.get_run(rec.run_id)
+        assert calls == ["create_commit"], "answered from what the backend carried over"
+        assert (st.ready_workflow_tasks, st.leased_workflow_tasks) == (0, 0)
+        assert (st.ready_steps, st.leased_steps) == (0, 1)
+        assert got == attrs.evolve(rec, status=RunStatus.RUNNING)
+        async with _Opened(url) as (fresh,):
+            for now in (T0 + 1, T0 + LEASE):
+                assert await b.state(now) == await fresh.state(now), now
+            assert await fresh.get_run(rec.run_id) == got
+        with anyio.fail_after(5):
+            while (await other.state(T0 + 1)).leased_steps != 1:
+                await anyio.sleep(0.05)
+        assert await b.read_history(rec.run_id) == list(events)
+        (task,) = await other.claim_step_tasks(T0 + LEASE, 10, LEASE)  # its lease expired
+        assert (task.run_id, task.seq) == (rec.run_id, 1) and task.lease != TOKEN + 1
+        # a claim of the run fences like a second one
+        assert await b.append_inbox(rec.run_id, [ev.SignalReceived("go")], T0 + 2)
+        woke = await claim_run(b, rec.run_id, T0 + 2)
+        assert (woke.lease, woke.history_length) == (2, 3)
+
+
+async def test_create_run_and_commit_writes_elsewhere_in_the_same_call(url: str) -> None:
+    """A first commit that delivers to another run and starts a child (the general path,
+    ``commit_one``) is still one call; the work it queues wakes waiters here and elsewhere."""
+    async with _Opened(url, 2) as (b, other):
+        target = await create(b)
+        assert await claim_run(b, target.run_id) is not None  # its task is leased
+        assert await other.claim_workflow_task(T0, LEASE) is None  # other trusts "empty"
+        rec = make_record()
+        kid = make_record(parent=rec.run_id, parent_seq=2)
+        c = _first_commit(
+            rec,
+            new_runs=(NewRun(kid, (started(kid),)),),
+            deliveries=(Delivery(target.run_id, ev.SignalReceived("hi")),),
+            timers=(Timer(rec.run_id, 3, T0 + 5),),
+        )
+        woke = anyio.Event()
+
+        async def waiter() -> None:
+            await other.wait(30)
+            woke.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.2)
+            calls = _counting(b)
+            assert await b.create_run_and_commit(rec, c) == (rec.run_id, True)
+            assert calls == ["create_commit"]
+            with anyio.fail_after(5):
+                await woke.wait()
+        got = await other.claim_workflow_task(T0 + 1, LEASE)
+        assert got is not None and got.run.run_id == kid.run_id
+        assert [e.event for e in got.inbox] == [started(kid)]
+        assert _run_row(url, rec.run_id) == [(1, None, False)]
+        assert await other.fire_due_timers(T0 + 5) == 1
+        late = await claim_run(other, rec.run_id, T0 + 5)
+        assert [e.event for e in late.inbox] == [ev.TimerFired(3)]
+        inbox = _rows(url, target.run_id)["inbox"]
+        assert [event_from_dict(r[2]) for r in inbox] == [started(target), ev.SignalReceived("hi")]
+
+
+async def test_a_refused_create_run_and_commit_writes_nothing(url: str) -> None:
+    """A held key, an existing run id, or the same call sent again: ``create_run``'s answer in
+    one call each, not one row of the store changed (not the commit's steps, timers, hooks,
+    deliveries or new runs) and no local waiter woken."""
+    async with _Opened(url) as (b,):
+        holder = await create(b, key="held")
+        target = await create(b)
+        existing = await create(b)
+
+        def everything(rec: RunRecord) -> Commit:
+            kid = make_record(parent=rec.run_id, parent_seq=4)
+            signal = Delivery(rec.run_id, ev.SignalReceived("dup"))
+            return _first_commit(
+                rec,
+                status=RunStatus.COMPLETED,
+                result=1,
+                steps=(_pre(rec.run_id, 1), StepTask(rec.run_id, 2, "s", [2], 1, T0)),
+                timers=(Timer(rec.run_id, 3, T0 + 5),),
+                hooks=(HookReg("a-token", 5, signal),),
+                new_runs=(NewRun(kid, (started(kid),)),),
+                deliveries=(Delivery(target.run_id, ev.SignalReceived("x")),),
+            )
+
+        async def refused(rec: RunRecord, c: Commit, answer: str) -> None:
+            before = _store(url)
+            calls = _counting(b)
+            gen = b._waker.gen
+            assert await b.create_run_and_commit(rec, c) == (answer, False)
+            assert calls == ["create_commit"]
+            assert _store(url) == before
+            assert b._waker.gen == gen
+            b._run = PostgresBackend._run.__get__(b)  # type: ignore[method-assign]
+
+        rec = make_record(key="held")
+        await refused(rec, everything(rec), holder.run_id)
+        assert await b.get_run(rec.run_id) is None
+        await refused(existing, everything(existing), existing.run_id)
+        # sent again (a caller's retry after a lost reply): no second run, nothing twice
+        again = make_record(key="again")
+        c = _first_commit(again, steps=(_pre(again.run_id, 1),))
+        assert await b.create_run_and_commit(again, c) == (again.run_id, True)
+        await refused(again, c, again.run_id)
+        other = make_record(key="again")  # another start with that key: the run holds it
+        await refused(other, _first_commit(other, steps=(_pre(other.run_id, 1),)), again.run_id)
+        assert [r[0] for r in _store(url)["runs"]] == sorted(
+            r.run_id for r in (holder, target, existing, again)
+        )
+
+
+async def test_a_version_4_store_is_migrated_and_starts_runs_with_a_commit(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store of schema version 4 (no ``create_commit``) with a run started eagerly in flight
+    is migrated to version 5 on open; that run's claim still commits, and a new run starts with
+    its first commit and carries on."""
+    s = _schema(url)
+    monkeypatch.setattr(_pg_schema, "MIGRATIONS", _pg_schema.MIGRATIONS[:4])
+    monkeypatch.setattr(_pg_schema, "SCHEMA_VERSION", 4)
+    early = make_record()
+    async with _Opened(url) as (old,):
+        _, created, claimed = await old.create_run_and_claim(early, (started(early),), T0, LEASE)
+        assert created and claimed is not None
+    monkeypatch.undo()
+    assert _sql(url, f'SELECT max(version) FROM "{s}".schema_version') == [(4,)]
+    fn = f'"{s}".create_commit(jsonb, jsonb, text[], text)'
+    assert _sql(url, "SELECT to_regprocedure(%s) IS NULL", (fn,)) == [(True,)]
+    async with _Opened(url) as (b,):
+        versions = _sql(url, f'SELECT version FROM "{s}".schema_version ORDER BY 1')
+        assert versions == [(v,) for v, _ in _pg_schema.MIGRATIONS]
+        assert versions == [(1,), (2,), (3,), (4,), (5,)]
+        assert _sql(url, "SELECT to_regprocedure(%s) IS NULL", (fn,)) == [(False,)]
+        settings = _sql(url, "SELECT proconfig FROM pg_proc WHERE oid = to_regprocedure(%s)", (fn,))
+        assert settings == [(["enable_seqscan=off", "plan_cache_mode=force_generic_plan"],)]
+        assert await b.apply_commit(commit(claimed, T0 + 1, status=RunStatus.COMPLETED, result=0))
+        rec = make_record()
+        events = (started(rec), ev.Activated(T0 + 1), ev.StepScheduled(1, "s", [1]))
+        c = _first_commit(rec, T0 + 1, events=events, steps=(_pre(rec.run_id, 1, T0 + 1),))
+        assert await b.create_run_and_commit(rec, c) == (rec.run_id, True)
+        done = _spec_commit(rec.run_id, T0 + 2, status=RunStatus.COMPLETED, result=2)
+        assert await b.finish_step_and_commit(rec.run_id, 1, TOKEN + 1, done, len(events))
+        for run_id, result in ((early.run_id, 0), (rec.run_id, 2)):
+            got = await b.get_run(run_id)
+            assert got is not None and got.status is RunStatus.COMPLETED and got.result == result
+        assert _run_row(url, rec.run_id) == [(2, None, False)]
+
+
 # -- through Engine and Worker -------------------------------------------------------------------
 
 
 async def test_a_worker_starts_runs_eagerly_on_postgres(url: str) -> None:
     """``Engine.start`` with a local worker creates each run already claimed for it: no
-    ``create_run`` and no workflow claim of the new runs."""
+    ``create_run`` and no workflow claim of the new runs. (Start with commit, which the engine
+    prefers, is turned off here.)"""
+    async with plait.Engine(url) as engine:
+        backend = engine.backend
+        assert isinstance(backend, PostgresBackend)
+        backend.supports_start_commit = False  # type: ignore[misc]
+        async with engine.worker(wf.WORKFLOWS, wf.STEPS, poll_interval=0.2) as w:
+            calls = _counting(backend)
+            handles = [await engine.start(wf.chain, 2) for _ in range(3)]
+            with anyio.fail_after(30):
+                assert [await h.result() for h in handles] == [2, 2, 2]
+            stats = dict(w.stats)
+    assert calls.count("create_claim") == 3 and "create_run" not in calls, calls
+    assert stats["activations"] == 9, stats  # the eager claim's, then one speculation per step
+
+
+async def test_a_worker_starts_runs_with_their_first_commit_on_postgres(url: str) -> None:
+    """``Engine.start`` with a local worker runs each new run's first activation itself and
+    stores the run with it: one ``create_commit`` per run, no ``create_run`` or
+    ``create_claim``; the steps that commit leased to the worker run at once, and each finish
+    carries the next activation."""
     async with plait.Engine(url) as engine:
         backend = engine.backend
         assert isinstance(backend, PostgresBackend)
@@ -984,8 +1220,11 @@ async def test_a_worker_starts_runs_eagerly_on_postgres(url: str) -> None:
             with anyio.fail_after(30):
                 assert [await h.result() for h in handles] == [2, 2, 2]
             stats = dict(w.stats)
-    assert calls.count("create_claim") == 3 and "create_run" not in calls, calls
-    assert stats["activations"] == 9, stats  # the eager claim's, then one speculation per step
+    assert calls.count("create_commit") == 3, calls
+    assert not {"create_run", "create_claim"} & set(calls), calls
+    # the start's activation, then one speculation per step: no claim activated any of them
+    assert stats["activations"] == 9 and stats["speculations"] == 6, stats
+    assert stats["speculations_refused"] == 0 and stats["fenced"] == 0, stats
 
 
 async def test_three_worker_processes_share_the_work(url: str, tmp_path: Path) -> None:
