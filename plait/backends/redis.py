@@ -125,7 +125,6 @@ class RedisBackend:
         self._noscript: type[BaseException] = errors.NoScriptError
         self._response_error: type[BaseException] = errors.ResponseError
         self._noperm: type[BaseException] = errors.NoPermissionError
-        self._errors = errors
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
@@ -242,13 +241,11 @@ class RedisBackend:
     async def _pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         return await self._trip(_pack(commands), len(commands))
 
-    async def _trip(self, packed: bytes, n: int, bulk: bool = False) -> list[Any]:
+    async def _trip(self, packed: bytes, n: int) -> list[Any]:
         """Send ``n`` packed commands and read their replies, on a connection of our own free
         list (taken from redis-py's pool once and kept): the short path, without the pool's
-        lock and per-command bookkeeping. ``bulk``: one script call (see ``_bulk``)."""
+        lock and per-command bookkeeping."""
         conn = self._conn() or await self._client.connection_pool.get_connection()
-        if bulk and getattr(conn, "_writer", None) is not None and not conn.socket_timeout:
-            return [await self._bulk(conn, packed)]
         try:
             await conn.send_packed_command(packed, check_health=False)
             if n == 1:  # the usual case, without a comprehension's frame
@@ -264,37 +261,6 @@ class RedisBackend:
             raise
         self._free.append(conn)
         return replies
-
-    async def _bulk(self, conn: Any, packed: bytes) -> Any:
-        """Send one script call on the open ``conn`` and read its reply, a single bulk string
-        (every script answers with ``reply``), straight off the connection's stream: redis-py's
-        parser and read bookkeeping cost more than the script. Errors read as redis-py reports
-        them."""
-        reader, writer = conn._reader, conn._writer
-        reply = error = None
-        try:
-            writer.write(packed)
-            line = await reader.readuntil(b"\r\n")
-            if line[:1] == b"$":
-                size = int(line[1:-2])
-                if size >= 0:
-                    reply = (await reader.readexactly(size + 2))[:-2]
-            elif line[:1] == b"-":  # e.g. NOSCRIPT, or LOADING (a ConnectionError) after a restart
-                error = conn._parser.parse_error(line[1:-2].decode(errors="replace"))
-            else:
-                raise self._errors.ConnectionError(f"unexpected reply to a script: {line[:40]!r}")
-        except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            await conn.disconnect(nowait=True)
-            self._free.append(conn)
-            raise self._errors.ConnectionError(f"Error while talking to Redis: {exc!r}") from exc
-        except BaseException:
-            await conn.disconnect(nowait=True)  # state unknown: reconnect on next use
-            self._free.append(conn)
-            raise
-        self._free.append(conn)  # a whole reply was read, an error or not: the connection is fine
-        if error is not None:
-            raise error
-        return reply
 
     async def _retrying(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` (one round trip), riding out connection errors for ``retry_for``
@@ -347,7 +313,7 @@ class RedisBackend:
         # Packed once: a reload brings back the same names (SHA1s, functions).
         call, target = self._target[name]
         packed = _pack([(call, target, 0, self.prefix, message, kinds, codec.ts(now), *args)])
-        result, rows = json.loads((await self._retrying(lambda: self._trip(packed, 1, True)))[0])
+        result, rows = json.loads((await self._retrying(lambda: self._trip(packed, 1)))[0])
         if shared is not None and shared is self._shared:
             shared.learn(kinds, before, now, rows, changed=name != "state")
         return result, rows
