@@ -19,7 +19,7 @@ import tempfile
 import anyio
 
 from plait._bench import bench
-from plait.testing.servers import Unavailable, provide
+from plait.testing.servers import Unavailable, provide, release
 
 # The issues' targets on this 2-core machine: steps/s to reach, or seconds not to exceed.
 TARGETS: dict[tuple[str, str], tuple[str, float]] = {
@@ -86,6 +86,7 @@ def main() -> int:
             continue
         print(f"{backend}:")
         out = anyio.run(bench, url, names, args.repeat, None)
+        release(backend)  # a server's background work must not slow the next backend's turn
         report["backends"][backend] = out["results"]
         for line in verdicts(backend, out["results"]):
             print(line)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["Unavailable", "provide", "required_backends", "PG_BIN"]
+__all__ = ["Unavailable", "provide", "release", "required_backends", "PG_BIN"]
 
 PG_BIN = Path(os.environ.get("PLAIT_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -132,6 +132,7 @@ def _local_postgres() -> str:
         shutil.rmtree(base, ignore_errors=True)
 
     atexit.register(stop)
+    _STOPS["postgres"] = stop
     _SERVERS["postgres"] = {
         "data": str(data),
         "base": str(base),
@@ -218,6 +219,7 @@ def _local_redis() -> str:
         shutil.rmtree(base, ignore_errors=True)
 
     atexit.register(stop)
+    _STOPS["redis"] = stop
     _SERVERS["redis"] = {
         "port": str(port),
         "dir": str(base),
@@ -276,11 +278,26 @@ def _container_redis() -> str:
 _SERVERS: dict[str, dict[str, str]] = {}
 _PROCS: dict[str, subprocess.Popen[bytes]] = {}
 _CACHE: dict[str, str | Unavailable] = {}
+_STOPS: dict[str, Callable[[], None]] = {}
 
 _SOURCES: dict[str, tuple[str, Callable[[], str], Callable[[], str]]] = {
     "postgres": ("PLAIT_POSTGRES_URL", _local_postgres, _container_postgres),
     "redis": ("PLAIT_REDIS_URL", _local_redis, _container_redis),
 }
+
+
+def release(name: str) -> None:
+    """Stop the throwaway local server of kind ``name`` that ``provide`` started (a server
+    named by the environment or a container is left alone): its background work (a
+    PostgreSQL autovacuum, say) must not compete with what runs next. ``provide`` starts a
+    new one if asked again."""
+    stop = _STOPS.pop(name, None)
+    if stop is None:
+        return
+    stop()
+    _SERVERS.pop(name, None)
+    _PROCS.pop(name, None)
+    _CACHE.pop(name, None)
 
 
 def provide(name: str) -> str:
