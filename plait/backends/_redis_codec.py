@@ -261,9 +261,9 @@ def speculative_flags(c: Commit) -> str:
     message): workflow tasks when it delivers anything, steps when it schedules some it did not
     lease to the caller, timers when it sets some. Usually none: the step it finishes and the
     step it schedules are both held by the caller, and no message is published."""
-    w = c.deliveries or c.new_runs or c.hooks or c.hook_resumes
-    s = any(not st.lease for st in c.steps)
-    return ("w" if w else "") + ("s" if s else "") + ("t" if c.timers else "")
+    return (
+        ("w" if c.delivers else "") + ("s" if c.unleased_steps else "") + ("t" if c.timers else "")
+    )
 
 
 def commit_args(c: Commit, speculative: bool = False) -> list[str]:

@@ -206,6 +206,25 @@ class Commit:
     deliveries: tuple[Delivery, ...] = ()
     requeue: bool = True
 
+    @property
+    def delivers(self) -> bool:
+        """Whether it may put events in inboxes (deliveries, new runs and their notices, hook
+        conflicts, hook resumes): workflow tasks it can make ready besides its own run's."""
+        return bool(self.deliveries or self.new_runs or self.hooks or self.hook_resumes)
+
+    @property
+    def unleased_steps(self) -> bool:
+        """Whether it schedules a step anyone may claim (one not pre-leased to the committer)."""
+        return any(not s.pre_leased for s in self.steps)
+
+
+def check_start_commit(record: RunRecord, commit: Commit) -> None:
+    """``create_run_and_commit``'s argument check: the commit must be the record's run's."""
+    if commit.run_id != record.run_id:
+        raise ValueError(
+            f"the commit is for run {commit.run_id!r}, the record for {record.run_id!r}"
+        )
+
 
 @attrs.frozen
 class BackendState:

@@ -23,6 +23,7 @@ from .base import (
     InboxEntry,
     RunRecord,
     StepTask,
+    check_start_commit,
 )
 
 __all__ = ["MemoryBackend", "MemoryBackendPlugin"]
@@ -137,10 +138,7 @@ class MemoryBackend:
         return run_id, True, self._claim(run_id, now, lease_seconds)
 
     async def create_run_and_commit(self, record: RunRecord, commit: Commit) -> tuple[str, bool]:
-        if commit.run_id != record.run_id:
-            raise ValueError(
-                f"the commit is for run {commit.run_id!r}, the record for {record.run_id!r}"
-            )
+        check_start_commit(record, commit)
         run_id, created = await self.create_run(record, (), commit.now)
         if created:
             self._apply(attrs.evolve(commit, lease=None, inbox_upto=0))

@@ -66,6 +66,7 @@ from .base import (
     InboxEntry,
     RunRecord,
     StepTask,
+    check_start_commit,
 )
 
 __all__ = ["PostgresBackend", "PostgresBackendPlugin", "MISSING_EXTRA"]
@@ -359,10 +360,7 @@ class PostgresBackend(PgConnections):
         """``create_run`` and, when it created the run, ``commit`` applied to it as a forced
         commit, in one call of ``create_commit``. Not retried after a lost connection (like
         every write that is not idempotent): the call raises, and the run may exist."""
-        if commit.run_id != record.run_id:
-            raise ValueError(
-                f"the commit is for run {commit.run_id!r}, the record for {record.run_id!r}"
-            )
+        check_start_commit(record, commit)
         self._waker.unwatch()
         c = attrs.evolve(commit, lease=None, inbox_upto=0)
         now = c.now
@@ -395,7 +393,7 @@ class PostgresBackend(PgConnections):
         if "t" in flags:
             self._invalidate("t")
         if c.steps or gone or (new is None and (c.status in CLOSED_STATUSES or "s" in flags)):
-            own = all(st.pre_leased for st in c.steps)
+            own = not c.unleased_steps
             if (
                 new is None
                 or gone
@@ -689,7 +687,7 @@ class PostgresBackend(PgConnections):
             closing = c.status in CLOSED_STATUSES
             if c.steps or gone or (new is None and (closing or "s" in flags)):
                 s_touched = True
-                own = all(st.pre_leased for st in c.steps)
+                own = not c.unleased_steps
                 if new is None or gone or new != len(c.steps) or not own:
                     s_carry = False
                 else:
@@ -979,7 +977,7 @@ def _within_run(c: Commit) -> bool:
 def _wakes(c: Commit, flags: str) -> bool:
     """Whether a commit made work local claimers may take (or a timer to wait for): steps
     leased to the committer (eager dispatch) are its own to run."""
-    return "w" in flags or "t" in flags or any(not st.pre_leased for st in c.steps)
+    return "w" in flags or "t" in flags or c.unleased_steps
 
 
 def _due(steps: Sequence[StepTask], now: float) -> float:

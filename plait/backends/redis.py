@@ -48,6 +48,7 @@ from .base import (
     RunRecord,
     SchemaError,
     StepTask,
+    check_start_commit,
 )
 
 __all__ = [
@@ -387,10 +388,7 @@ class RedisBackend:
         """``create_run`` and, if it created the run, ``commit`` applied to it, in one script.
         Sent again after a lost reply (the commit's id is kept in the run), it finds its work
         done and answers as the first time. Never two runs."""
-        if commit.run_id != record.run_id:
-            raise ValueError(
-                f"the commit is for run {commit.run_id!r}, the record for {record.run_id!r}"
-            )
+        check_start_commit(record, commit)
         kinds = codec.commit_kinds(commit)
         (run_id, got), rows = await self._call_rows(
             "create_run_and_commit",
@@ -533,7 +531,7 @@ class RedisBackend:
         run_id = commit.run_id
         if isinstance(got, list) and self._shared is not None:
             self._shared.remember_closed(run_id, codec.record(run_id, codec.pairs(got)))
-        own = all(st.pre_leased for st in commit.steps)
+        own = not commit.unleased_steps
         self._poke(
             "".join(k for k, row in zip(kinds, rows, strict=True) if row and not (own and k == "s"))
         )

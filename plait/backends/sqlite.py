@@ -41,7 +41,15 @@ from ..kernel.status import RunStatus
 from ._notify import Notifier
 from ._sqlite_schema import DbThread, Hints, parse_url
 from ._sqlite_store import Readings, Store
-from .base import BackendError, BackendState, ClaimedRun, Commit, RunRecord, StepTask
+from .base import (
+    BackendError,
+    BackendState,
+    ClaimedRun,
+    Commit,
+    RunRecord,
+    StepTask,
+    check_start_commit,
+)
 
 __all__ = ["SqliteBackend", "SqliteBackendPlugin", "POLL_SECONDS"]
 
@@ -61,7 +69,7 @@ def _wakes(c: Commit, readings: Readings) -> bool:
     timer, a step not pre-leased to the committer, or a workflow task ready at ``c.now`` (its
     run requeued, or one it delivered to). A commit whose only new work is steps it leased to
     itself wakes nobody (their leases expire long after any waiter polls again)."""
-    if c.timers or any(not s.pre_leased for s in c.steps):
+    if c.timers or c.unleased_steps:
         return True
     return readings.get("wf", _INF) <= c.now
 
@@ -70,8 +78,8 @@ def _unqueued_changes(c: Commit) -> tuple[str, ...]:
     """The queues a commit to a run that stays unqueued (speculative, or a new run's first)
     can add claimable work to."""
     return (
-        *(("wf",) if c.deliveries or c.new_runs or c.hooks or c.hook_resumes else ()),
-        *(("steps",) if any(not s.pre_leased for s in c.steps) else ()),
+        *(("wf",) if c.delivers else ()),
+        *(("steps",) if c.unleased_steps else ()),
         *(("timers",) if c.timers else ()),
     )
 
@@ -318,10 +326,7 @@ class SqliteBackend:
         return bool(ok)
 
     async def create_run_and_commit(self, record: RunRecord, commit: Commit) -> tuple[str, bool]:
-        if commit.run_id != record.run_id:
-            raise ValueError(
-                f"the commit is for run {commit.run_id!r}, the record for {record.run_id!r}"
-            )
+        check_start_commit(record, commit)
         queues = _unqueued_changes(commit)
         run_id, created = await self._commit(
             commit, queues, self._store.create_run_and_commit, record, commit, queues

@@ -36,10 +36,6 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("plait.worker")
 
-# Step lease tokens fence workers out, they guard no secret: the module's generator (seeded
-# from the OS, reseeded in a forked child) is enough, and far cheaper than ``secrets``.
-_tokens = random
-
 _BLOCKING = (NonDeterminismError, FatalError, WorkflowError, AssertionError)
 
 _Spec = tuple[RunRecord, Machine, int]
@@ -399,7 +395,9 @@ class Worker:
             if budget <= 0:
                 return None
             budget -= 1
-            return _tokens.getrandbits(62) | 1, expires
+            # A fencing token guards no secret: ``random`` (seeded from the OS, reseeded in a
+            # forked child) is enough, and far cheaper than ``secrets``.
+            return random.getrandbits(62) | 1, expires
 
         return lease
 
