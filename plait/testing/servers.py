@@ -181,13 +181,9 @@ def _container_postgres() -> str:
 # -- Redis ------------------------------------------------------------------------------------
 
 
-def _local_redis() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise Unavailable("no redis-server binary on PATH (apt-get install redis-server)")
-    base = Path(tempfile.mkdtemp(prefix="plait-redis-"))
-    port = _free_port()
-    proc = subprocess.Popen(
+def _start_redis(binary: str, port: int, data_dir: str) -> subprocess.Popen[bytes]:
+    """A redis-server on loopback ``port`` with AOF on (``appendfsync everysec``), no RDB."""
+    return subprocess.Popen(
         [
             binary,
             "--port",
@@ -195,7 +191,7 @@ def _local_redis() -> str:
             "--bind",
             "127.0.0.1",
             "--dir",
-            str(base),
+            data_dir,
             "--save",
             "",
             "--appendonly",
@@ -206,16 +202,26 @@ def _local_redis() -> str:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def _local_redis() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise Unavailable("no redis-server binary on PATH (apt-get install redis-server)")
+    base = Path(tempfile.mkdtemp(prefix="plait-redis-"))
+    port = _free_port()
+    proc = _start_redis(binary, port, str(base))
     if not _wait_port(port, 10):
         proc.kill()
         raise Unavailable("redis-server did not start listening within 10s")
 
     def stop() -> None:
-        proc.terminate()
+        current = _PROCS.get("redis", proc)  # the one running now, after any restart
+        current.terminate()
         try:
-            proc.wait(5)
+            current.wait(5)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            current.kill()
         shutil.rmtree(base, ignore_errors=True)
 
     atexit.register(stop)
@@ -239,25 +245,7 @@ def restart_redis() -> None:
     proc.kill()
     proc.wait(5)
     port = int(info["port"])
-    new = subprocess.Popen(
-        [
-            info["binary"],
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            info["dir"],
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    new = _start_redis(info["binary"], port, info["dir"])
     _PROCS["redis"] = new
     atexit.register(new.kill)
     if not _wait_port(port, 10):
